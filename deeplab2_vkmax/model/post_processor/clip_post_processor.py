@@ -1,0 +1,359 @@
+"""Clip post-processing: clip-kMaX tube logits -> per-frame panoptic maps.
+
+Implements the post-processing step of clip-kMaX (Video-kMaX paper, Sec. 3.1;
+`reference/method.md` Sec. 1 item 6). The model predicts N mask slots per clip; the
+T frames of one slot form one *tube*, so a slot becomes one segment that spans every
+frame of the clip and a thing keeps the same instance id (its slot index + 1) in all
+of them. That shared id is what cross-clip association (`deeplab2_vkmax.association`)
+stitches on.
+
+Two modes, as DeepLab2's `transformer_post_processing`:
+
+* ``'maskwise'`` (kMaX-DeepLab): the mask probabilities are a softmax over slots; a
+  slot's binary tube is ``prob > pixel_confidence_threshold`` (no argmax condition,
+  so two slots may claim the same pixel when the threshold is below 0.5: method.md
+  item 6, and the overlap rule below only has work to do if masks can overlap).
+  Slots are ranked by ``class_conf ** reorder_class_weight *
+  mean_mask_prob ** reorder_mask_weight`` (mean over the slot's binary tube) and
+  pasted from high to low onto still-free pixels. A slot is dropped when its class
+  confidence is below the thing/stuff threshold, its tube is empty, its still-free
+  pixels are fewer than ``overlapping_threshold`` of its tube, or those pixels
+  number fewer than the thing/stuff area limit.
+* ``'pixelwise'`` (MaX-DeepLab style): slots whose class confidence is below the
+  thing/stuff threshold are removed, every pixel takes the argmax of the remaining
+  slots, and pixels whose (renormalised) probability for that slot is not above
+  ``pixel_confidence_threshold`` become void; then the area limits apply.
+
+Everything runs in-graph (`tf.function`, dynamic B/T/H/W/N, XLA-compatible ops): the
+sequential paste is one `tf.while_loop` over rank positions, vectorised across the
+batch.
+"""
+
+from typing import Mapping, Sequence, Tuple, Union
+
+import tensorflow as tf
+
+from deeplab2_vkmax import common
+
+_POST_PROCESSING_MODES = ('maskwise', 'pixelwise')
+
+SizeLike = Union[Tuple[int, int], Sequence[Union[int, tf.Tensor]], tf.Tensor]
+
+
+class ClipPostProcessor(tf.Module):
+  """Turns clip-kMaX outputs into per-frame panoptic maps and per-slot segments.
+
+  Conventions of the returned tensors:
+
+  * Panoptic ids are ``semantic * label_divisor + instance``. A thing kept from slot
+    ``n`` has instance id ``n + 1`` in every frame of the clip; stuff has instance 0;
+    pixels that no kept slot claims are ``ignore_label * label_divisor``.
+  * Per-slot outputs have one row per slot ``n``. A slot is *kept* iff its score is
+    > 0 (a kept slot's score is a product of positive terms). ``SEGMENT_IDS`` lists
+    kept things and kept stuff alike (stuff id = ``class * label_divisor``, which is
+    0 for stuff class 0: use the score, not the id, as the kept flag); thing rows are
+    exactly those with ``id % label_divisor > 0``, which is what association needs.
+  * Areas (``thing_area_limit``/``stuff_area_limit``) count pixels at output
+    resolution over the whole tube (all T frames), since the tube is one segment.
+    Stuff slots of the same class are pasted with the same panoptic id (so they merge
+    in the map) but are area-tested one slot at a time.
+  * Boxes are pixel-edge boxes of the pixels a slot finally owns in a frame,
+    ``[x_min / W, y_min / H, (x_max + 1) / W, (y_max + 1) / H]`` (a full frame is
+    ``[0, 0, 1, 1]``); all zeros where the slot owns no pixel in that frame.
+  """
+
+  def __init__(self,
+               *,
+               num_classes: int,
+               label_divisor: int,
+               thing_class_ids: Sequence[int],
+               ignore_label: int,
+               post_processing: str = 'maskwise',
+               pixel_confidence_threshold: float = 0.4,
+               transformer_class_confidence_threshold_thing: float = 0.7,
+               transformer_class_confidence_threshold_stuff: float = 0.5,
+               overlapping_threshold: float = 0.8,
+               reorder_class_weight: float = 1.0,
+               reorder_mask_weight: float = 1.0,
+               thing_area_limit: int = 0,
+               stuff_area_limit: int = 0,
+               name: str = 'clip_post_processor'):
+    """Initialises the post-processor.
+
+    Args:
+      num_classes: Number of semantic classes C (the class logits have C + 1
+        entries, void last).
+      label_divisor: Panoptic id = semantic * label_divisor + instance. Must exceed
+        the number of mask slots N so that instance ids (slot + 1) fit.
+      thing_class_ids: Semantic ids of thing classes; every other class is stuff.
+      ignore_label: Semantic label of unassigned (void) pixels.
+      post_processing: 'maskwise' (kMaX) or 'pixelwise'.
+      pixel_confidence_threshold: Mask-probability threshold of a binary mask.
+      transformer_class_confidence_threshold_thing: Minimum class confidence of a
+        thing slot.
+      transformer_class_confidence_threshold_stuff: Minimum class confidence of a
+        stuff slot.
+      overlapping_threshold: Minimum fraction of a slot's binary tube that must
+        still be free when it is pasted (maskwise only).
+      reorder_class_weight: Exponent of the class confidence in the rank score.
+      reorder_mask_weight: Exponent of the mean mask probability in the rank score.
+      thing_area_limit: Thing segments with fewer pixels (whole tube, output
+        resolution) are dropped.
+      stuff_area_limit: Same for stuff segments.
+      name: Module name.
+
+    Raises:
+      ValueError: If `post_processing` is not a known mode, or a class id or
+        threshold is out of range.
+    """
+    super().__init__(name=name)
+    if post_processing not in _POST_PROCESSING_MODES:
+      raise ValueError(
+          f'post_processing must be one of {_POST_PROCESSING_MODES}, got '
+          f'{post_processing!r}.')
+    if num_classes <= 0:
+      raise ValueError(f'num_classes must be positive, got {num_classes}.')
+    if label_divisor <= 0:
+      raise ValueError(f'label_divisor must be positive, got {label_divisor}.')
+    bad_ids = [c for c in thing_class_ids if not 0 <= c < num_classes]
+    if bad_ids:
+      raise ValueError(
+          f'thing_class_ids must lie in [0, num_classes={num_classes}), got '
+          f'{bad_ids}.')
+    if not 0.0 <= overlapping_threshold <= 1.0:
+      raise ValueError('overlapping_threshold must lie in [0, 1], got '
+                       f'{overlapping_threshold}.')
+    self.num_classes = num_classes
+    self.label_divisor = label_divisor
+    self.thing_class_ids = tuple(int(c) for c in thing_class_ids)
+    self.ignore_label = ignore_label
+    self.post_processing = post_processing
+    self.pixel_confidence_threshold = pixel_confidence_threshold
+    self.transformer_class_confidence_threshold_thing = (
+        transformer_class_confidence_threshold_thing)
+    self.transformer_class_confidence_threshold_stuff = (
+        transformer_class_confidence_threshold_stuff)
+    self.overlapping_threshold = overlapping_threshold
+    self.reorder_class_weight = reorder_class_weight
+    self.reorder_mask_weight = reorder_mask_weight
+    self.thing_area_limit = thing_area_limit
+    self.stuff_area_limit = stuff_area_limit
+
+  def __call__(self, outputs: Mapping[str, tf.Tensor],
+               output_size: SizeLike) -> dict:
+    """Post-processes one batch of clips.
+
+    Args:
+      outputs: Model output dict with
+        `common.PRED_PIXEL_SPACE_MASK_LOGITS`: float [B, T, h, w, N];
+        `common.PRED_TRANSFORMER_CLASS_LOGITS`: float [B, N, C + 1], void last;
+        `common.PRED_QUERY_EMBEDDINGS`: float [B, N, E].
+      output_size: (H, W), Python ints or scalar int tensors. Mask logits are
+        resized to it per frame, bilinearly with aligned corners (DeepLab2 crops
+        are 4k + 1, so aligned corners maps the OS4 grid exactly).
+
+    Returns:
+      A dict with
+        `common.PANOPTIC_PRED`: int32 [B, T, H, W].
+        `common.SEMANTIC_PRED`: int32 [B, T, H, W], panoptic // label_divisor.
+        `common.SEGMENT_IDS`: int32 [B, N], panoptic id of each kept slot, else 0.
+        `common.SEGMENT_CLASSES`: int32 [B, N], class of each kept slot, else
+          ignore_label.
+        `common.SEGMENT_SCORES`: float32 [B, N], rank score of each kept slot,
+          else 0.
+        `common.PRED_QUERY_EMBEDDINGS`: [B, N, E], passed through.
+        `common.SEGMENT_BOXES`: float32 [B, T, N, 4], normalised
+          [x0, y0, x1, y1] per frame, zeros where the slot is absent.
+    """
+    with tf.name_scope(self.name):
+      mask_logits = tf.convert_to_tensor(
+          outputs[common.PRED_PIXEL_SPACE_MASK_LOGITS])
+      class_logits = tf.convert_to_tensor(
+          outputs[common.PRED_TRANSFORMER_CLASS_LOGITS])
+      query_embeddings = outputs[common.PRED_QUERY_EMBEDDINGS]
+      mask_logits = tf.cast(mask_logits, tf.float32)
+      class_logits = tf.cast(class_logits, tf.float32)
+
+      out_h = tf.cast(tf.convert_to_tensor(output_size[0]), tf.int32)
+      out_w = tf.cast(tf.convert_to_tensor(output_size[1]), tf.int32)
+      shape = tf.shape(mask_logits)
+      batch, frames, num_slots = shape[0], shape[1], shape[4]
+
+      # Fold T into batch for the per-frame resize: [B*T, h, w, N].
+      frames_logits = tf.reshape(
+          mask_logits, tf.concat([[batch * frames], shape[2:]], axis=0))
+      frames_logits = tf.compat.v1.image.resize_bilinear(
+          frames_logits, tf.stack([out_h, out_w]), align_corners=True)
+      num_pixels = frames * out_h * out_w
+      # Slot-major so a slot's whole tube is one contiguous row: [B, N, T*H*W].
+      tube_logits = tf.transpose(
+          tf.reshape(frames_logits, [batch, num_pixels, num_slots]), [0, 2, 1])
+
+      class_probs = tf.nn.softmax(class_logits, axis=-1)[..., :-1]  # [B, N, C]
+      slot_classes = tf.argmax(class_probs, axis=-1, output_type=tf.int32)
+      class_conf = tf.reduce_max(class_probs, axis=-1)  # [B, N]
+      is_thing = self._is_thing(slot_classes)  # [B, N]
+      class_ok = class_conf >= tf.where(
+          is_thing, self.transformer_class_confidence_threshold_thing,
+          self.transformer_class_confidence_threshold_stuff)
+      area_limit = tf.where(
+          is_thing, tf.constant(self.thing_area_limit, tf.float32),
+          tf.constant(self.stuff_area_limit, tf.float32))  # [B, N]
+
+      if self.post_processing == 'maskwise':
+        owner, kept, scores = self._maskwise(tube_logits, class_conf, class_ok,
+                                             area_limit)
+      else:
+        owner, kept, scores = self._pixelwise(tube_logits, class_conf, class_ok,
+                                              area_limit)
+      return self._assemble(owner, kept, scores, slot_classes, is_thing,
+                            query_embeddings, batch, frames, out_h, out_w,
+                            num_slots)
+
+  def _is_thing(self, classes: tf.Tensor) -> tf.Tensor:
+    """Bool tensor shaped like `classes`: True where the class is a thing."""
+    thing_ids = tf.constant(self.thing_class_ids, dtype=tf.int32, shape=[
+        len(self.thing_class_ids)])
+    return tf.reduce_any(tf.equal(classes[..., None], thing_ids), axis=-1)
+
+  def _rank_score(self, class_conf: tf.Tensor,
+                  mean_mask_prob: tf.Tensor) -> tf.Tensor:
+    return (tf.pow(class_conf, self.reorder_class_weight) *
+            tf.pow(mean_mask_prob, self.reorder_mask_weight))
+
+  def _maskwise(self, tube_logits, class_conf, class_ok, area_limit):
+    """kMaX mask-wise merging on tubes.
+
+    Args:
+      tube_logits: float32 [B, N, P] mask logits, P = T*H*W.
+      class_conf: float32 [B, N].
+      class_ok: bool [B, N], class confidence passes the thing/stuff threshold.
+      area_limit: float32 [B, N], minimum pasted area of each slot.
+
+    Returns:
+      owner: int32 [B, P], slot owning each pixel, -1 if none.
+      kept: bool [B, N].
+      scores: float32 [B, N], rank score (of every slot, kept or not).
+    """
+    probs = tf.nn.softmax(tube_logits, axis=1)  # Softmax over slots.
+    binary = probs > self.pixel_confidence_threshold  # [B, N, P]
+    binary_f = tf.cast(binary, tf.float32)
+    area = tf.reduce_sum(binary_f, axis=-1)  # [B, N]
+    mean_mask_prob = tf.math.divide_no_nan(
+        tf.reduce_sum(probs * binary_f, axis=-1), area)
+    scores = self._rank_score(class_conf, mean_mask_prob)
+    # Slots that cannot be kept never paste; rank them last so that the paste
+    # order among eligible slots is purely by score.
+    eligible = class_ok & (area > 0)
+    order = tf.argsort(tf.where(eligible, scores, -1.0), axis=-1,
+                       direction='DESCENDING', stable=True)  # [B, N]
+    batch = tf.shape(tube_logits)[0]
+    num_slots = tf.shape(tube_logits)[1]
+    num_pixels = tf.shape(tube_logits)[2]
+    batch_index = tf.range(batch)
+
+    def body(k, owner, kept):
+      slot = order[:, k]  # [B]
+      mask = tf.gather(binary, slot, axis=1, batch_dims=1)  # [B, P]
+      free_mask = mask & (owner < 0)
+      slot_area = tf.gather(area, slot, axis=1, batch_dims=1)  # [B]
+      free_area = tf.reduce_sum(tf.cast(free_mask, tf.float32), axis=-1)
+      keep = (tf.gather(eligible, slot, axis=1, batch_dims=1) &
+              (free_area > 0) &
+              (free_area >= self.overlapping_threshold * slot_area) &
+              (free_area >= tf.gather(area_limit, slot, axis=1, batch_dims=1)))
+      owner = tf.where(free_mask & keep[:, None], slot[:, None], owner)
+      kept = tf.tensor_scatter_nd_update(
+          kept, tf.stack([batch_index, slot], axis=-1), keep)
+      return k + 1, owner, kept
+
+    _, owner, kept = tf.while_loop(
+        lambda k, owner, kept: k < num_slots,
+        body,
+        (tf.constant(0), tf.fill([batch, num_pixels], -1),
+         tf.zeros([batch, num_slots], tf.bool)),
+        parallel_iterations=1)
+    return owner, kept, scores
+
+  def _pixelwise(self, tube_logits, class_conf, class_ok, area_limit):
+    """Pixel-wise argmax over class-confident slots; arguments as `_maskwise`."""
+    num_slots = tf.shape(tube_logits)[1]
+    # Low-confidence slots leave the softmax: the rest renormalise among themselves.
+    masked_logits = tf.where(class_ok[..., None], tube_logits,
+                             tf.constant(-1e9, tf.float32))
+    probs = tf.nn.softmax(masked_logits, axis=1)  # [B, N, P]
+    owner = tf.argmax(probs, axis=1, output_type=tf.int32)  # [B, P]
+    owner_prob = tf.reduce_max(probs, axis=1)
+    owner_ok = (tf.gather(class_ok, owner, axis=1, batch_dims=1) &
+                (owner_prob > self.pixel_confidence_threshold))
+    owner = tf.where(owner_ok, owner, -1)
+    owned = tf.equal(owner[:, None, :],
+                     tf.range(num_slots)[None, :, None])  # [B, N, P]
+    owned_f = tf.cast(owned, tf.float32)
+    area = tf.reduce_sum(owned_f, axis=-1)  # [B, N]
+    mean_mask_prob = tf.math.divide_no_nan(
+        tf.reduce_sum(probs * owned_f, axis=-1), area)
+    scores = self._rank_score(class_conf, mean_mask_prob)
+    kept = class_ok & (area > 0) & (area >= area_limit)
+    owner = tf.where(tf.gather(kept, tf.maximum(owner, 0), axis=1, batch_dims=1)
+                     & (owner >= 0), owner, -1)
+    return owner, kept, scores
+
+  def _assemble(self, owner, kept, scores, slot_classes, is_thing,
+                query_embeddings, batch, frames, out_h, out_w, num_slots):
+    """Builds the output dict from the pixel -> slot owner map [B, T*H*W]."""
+    void_id = self.ignore_label * self.label_divisor
+    slot_index = tf.range(num_slots, dtype=tf.int32)[None, :]
+    slot_ids = slot_classes * self.label_divisor + tf.where(
+        is_thing, slot_index + 1, 0)  # [B, N]
+    segment_ids = tf.where(kept, slot_ids, 0)
+    pixel_ids = tf.gather(slot_ids, tf.maximum(owner, 0), axis=1, batch_dims=1)
+    panoptic = tf.where(owner >= 0, pixel_ids, void_id)
+    panoptic = tf.reshape(panoptic, tf.stack([batch, frames, out_h, out_w]))
+    semantic = tf.math.floordiv(panoptic, self.label_divisor)
+
+    boxes = self._boxes(owner, batch, frames, out_h, out_w, num_slots)
+    return {
+        common.PANOPTIC_PRED: panoptic,
+        common.SEMANTIC_PRED: semantic,
+        common.SEGMENT_IDS: segment_ids,
+        common.SEGMENT_CLASSES: tf.where(kept, slot_classes, self.ignore_label),
+        common.SEGMENT_SCORES: tf.where(kept, scores, 0.0),
+        common.PRED_QUERY_EMBEDDINGS: query_embeddings,
+        common.SEGMENT_BOXES: boxes,
+    }
+
+  def _boxes(self, owner, batch, frames, out_h, out_w, num_slots):
+    """Per-frame boxes of each slot's owned pixels: float32 [B, T, N, 4].
+
+    One segment-min/max pass over the pixels (no [.., N] one-hot at output
+    resolution); segment (b, t, n) gets id (b*T + t)*N + n, unowned pixels a last
+    dump segment.
+    """
+    owner = tf.reshape(owner, tf.stack([batch, frames, out_h * out_w]))
+    ys = tf.repeat(tf.range(out_h), out_w)  # [H*W], row of each pixel.
+    xs = tf.tile(tf.range(out_w), [out_h])
+    frame_base = (tf.range(batch * frames) * num_slots)
+    frame_base = tf.reshape(frame_base, tf.stack([batch, frames, 1]))
+    num_segments = batch * frames * num_slots
+    seg = tf.where(owner >= 0, frame_base + owner, num_segments)
+    seg = tf.reshape(seg, [-1])
+    ys = tf.tile(ys, [batch * frames])
+    xs = tf.tile(xs, [batch * frames])
+    total = num_segments + 1
+    x0 = tf.math.unsorted_segment_min(xs, seg, total)[:-1]
+    y0 = tf.math.unsorted_segment_min(ys, seg, total)[:-1]
+    x1 = tf.math.unsorted_segment_max(xs, seg, total)[:-1] + 1
+    y1 = tf.math.unsorted_segment_max(ys, seg, total)[:-1] + 1
+    present = tf.math.unsorted_segment_max(
+        tf.ones_like(seg), seg, total)[:-1] > 0
+    w = tf.cast(out_w, tf.float32)
+    h = tf.cast(out_h, tf.float32)
+    boxes = tf.stack([
+        tf.cast(x0, tf.float32) / w,
+        tf.cast(y0, tf.float32) / h,
+        tf.cast(x1, tf.float32) / w,
+        tf.cast(y1, tf.float32) / h
+    ], axis=-1)
+    boxes = tf.where(present[:, None], boxes, 0.0)
+    return tf.reshape(boxes, tf.stack([batch, frames, num_slots, 4]))
