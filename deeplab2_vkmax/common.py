@@ -53,3 +53,10 @@ TOTAL_LOSS = 'total_loss'
 
 # --- Export signature. ---
 EXPORT_INPUT_NAME = 'input_tensor'
+
+# --- Loss diagnostics (`model/loss/kmax_loss.py`); per-example [B], not in total. ---
+PQ_STYLE_LOSS_CLASS_TERM = 'pq_style_loss_class_term'
+PQ_STYLE_LOSS_MASK_DICE_TERM = 'pq_style_loss_mask_dice_term'
+LOSS_NUM_GT_MASKS = 'num_gt_masks'  # ground-truth masks (tubes + stuff) per clip.
+LOSS_MEAN_MATCHED_DICE = 'mean_matched_dice'  # main-output dice over matched masks.
+LOSS_MEAN_MATCHED_CLASS_PROB = 'mean_matched_class_prob'  # main-output P(gt class).

@@ -81,10 +81,11 @@ def _validate_dataset(path, text, config, prefix):
     raise _error(path, text, f'{prefix}.clip_length', f'must be >= 1, got {options.clip_length}')
   if options.frame_stride < 1:
     raise _error(path, text, f'{prefix}.frame_stride', f'must be >= 1, got {options.frame_stride}')
-  if options.clip_overlap not in (0, 1) or (options.clip_length == 1 and options.clip_overlap):
+  expected_overlap = 1 if options.clip_length >= 2 else 0
+  if prefix == 'eval_dataset_options' and options.clip_overlap != expected_overlap:
     raise _error(path, text, f'{prefix}.clip_overlap',
-                 f'must be 1 (near-online, clip_length >= 2) or 0, got {options.clip_overlap} '
-                 f'with clip_length {options.clip_length}')
+                 f'must be {expected_overlap} with clip_length {options.clip_length} (near-online '
+                 f'clips share one frame; online clips none), got {options.clip_overlap}')
   if options.synthetic.frame_size and len(options.synthetic.frame_size) != 2:
     raise _error(path, text, f'{prefix}.synthetic.frame_size',
                  f'needs [height, width], got {list(options.synthetic.frame_size)}')
@@ -131,6 +132,11 @@ def validate_experiment_config(config: config_pb2.ExperimentOptions, path: str =
   if association.temperature <= 0:
     raise _error(path, text, 'evaluator_options.association.temperature',
                  f'must be positive, got {association.temperature}')
+  trainer = config.trainer_options
+  if trainer.steps_per_loop <= 0 or trainer.save_summaries_steps % trainer.steps_per_loop:
+    raise _error(path, text, 'trainer_options.save_summaries_steps',
+                 f'must be a multiple of steps_per_loop ({trainer.steps_per_loop}), got '
+                 f'{trainer.save_summaries_steps}')
   solver = config.trainer_options.solver_options
   if solver.training_number_of_steps <= 0:
     raise _error(path, text, 'trainer_options.solver_options.training_number_of_steps',

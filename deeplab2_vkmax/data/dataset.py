@@ -66,6 +66,10 @@ class DatasetDescriptor:
       raise ValueError(f'{self.name}: ignore_label {self.ignore_label} collides '
                        f'with a class id in [0, {self.num_classes}).')
 
+  def __hash__(self) -> int:
+    # The split mappings are read-only proxies, which do not hash; names are unique.
+    return hash((self.name, self.num_classes, self.panoptic_label_divisor))
+
   @property
   def thing_class_ids(self) -> Tuple[int, ...]:
     """Thing class ids (alias of `class_has_instances_list`)."""

@@ -176,14 +176,22 @@ class ClipPostProcessor(tf.Module):
 
       out_h = tf.cast(tf.convert_to_tensor(output_size[0]), tf.int32)
       out_w = tf.cast(tf.convert_to_tensor(output_size[1]), tf.int32)
+      static_slots = mask_logits.shape[-1]
+      if static_slots is not None and static_slots >= self.label_divisor:
+        raise ValueError(
+            f'label_divisor ({self.label_divisor}) must exceed the number of mask '
+            f'slots ({static_slots}): thing instance ids are slot index + 1.')
       shape = tf.shape(mask_logits)
       batch, frames, num_slots = shape[0], shape[1], shape[4]
 
       # Fold T into batch for the per-frame resize: [B*T, h, w, N].
       frames_logits = tf.reshape(
           mask_logits, tf.concat([[batch * frames], shape[2:]], axis=0))
-      frames_logits = tf.compat.v1.image.resize_bilinear(
-          frames_logits, tf.stack([out_h, out_w]), align_corners=True)
+      # The op behind tf.compat.v1.image.resize_bilinear(align_corners=True),
+      # called directly: same numerics, no deprecation warning on every trace.
+      frames_logits = tf.raw_ops.ResizeBilinear(
+          images=frames_logits, size=tf.stack([out_h, out_w]),
+          align_corners=True, half_pixel_centers=False)
       num_pixels = frames * out_h * out_w
       # Slot-major so a slot's whole tube is one contiguous row: [B, N, T*H*W].
       tube_logits = tf.transpose(

@@ -1,0 +1,155 @@
+"""The only code that reads model, loss, evaluator and association protos.
+
+Layers and losses take plain keyword arguments; this module turns an
+`ExperimentOptions` into them. Repeated fields that a proto cannot give a default
+(block counts, low-level features) get DeepLab2's kMaX-R50 values here, as the
+proto comments say.
+"""
+
+from typing import Any, Dict
+
+from deeplab2_vkmax.association import video_associater
+from deeplab2_vkmax.data import dataset as dataset_lib
+from deeplab2_vkmax.model import clip_kmax
+from deeplab2_vkmax.model.loss import kmax_loss
+from deeplab2_vkmax.model.post_processor import clip_post_processor
+from deeplab2_vkmax.protos import config_pb2
+
+_DEFAULT_BACKBONE_BLOCK_COUNTS = (3, 4, 6, 3)
+_DEFAULT_PIXEL_DECODER_BLOCK_COUNTS = (1, 5, 1, 1)
+_DEFAULT_TRANSFORMER_DECODER_BLOCK_COUNTS = (2, 2, 2)
+_DEFAULT_PIXEL_DECODER_WIDTHS = (512, 256, 128, 64)
+_DEFAULT_PIXEL_DECODER_BLOCK_TYPES = ('axial', 'axial', 'bottleneck', 'bottleneck')
+_DEFAULT_ATROUS_RATES = (6, 12, 18)
+_DEFAULT_LOW_LEVEL = (('res3', 64), ('res2', 32))
+# DeepLab2's kMaX loss weights, used for loss messages the config leaves unset.
+_DEFAULT_LOSS_WEIGHTS = {
+    'semantic_loss': 1.0,
+    'pq_style_loss': 3.0,
+    'mask_id_cross_entropy_loss': 0.3,
+    'instance_discrimination_loss': 1.0,
+}
+
+
+def model_kwargs(config: config_pb2.ExperimentOptions,
+                 descriptor: dataset_lib.DatasetDescriptor) -> Dict[str, Any]:
+  """ClipKMaX keyword arguments of `config` (for `descriptor`'s classes)."""
+  model = config.model_options
+  backbone = model.backbone
+  kmax = model.clip_kmax
+  solver = config.trainer_options.solver_options
+  low_level = tuple((l.feature_key, l.channels_project) for l in kmax.auxiliary_low_level)
+  return dict(
+      num_classes=descriptor.num_classes,
+      num_mask_slots=kmax.num_mask_slots,
+      backbone_width_multiplier=backbone.width_multiplier,
+      backbone_block_counts=tuple(backbone.block_counts) or _DEFAULT_BACKBONE_BLOCK_COUNTS,
+      drop_path_keep_prob=backbone.drop_path_keep_prob,
+      pixel_decoder_block_counts=(tuple(kmax.pixel_decoder_block_counts)
+                                  or _DEFAULT_PIXEL_DECODER_BLOCK_COUNTS),
+      pixel_decoder_widths=tuple(kmax.pixel_decoder_widths) or _DEFAULT_PIXEL_DECODER_WIDTHS,
+      pixel_decoder_block_types=(tuple(kmax.pixel_decoder_block_types)
+                                 or _DEFAULT_PIXEL_DECODER_BLOCK_TYPES),
+      pixel_decoder_num_heads=kmax.pixel_decoder_num_heads,
+      axial_max_span=kmax.axial_max_span,
+      pixel_decoder_os2_width=kmax.pixel_decoder_os2_width,
+      pixel_decoder_os2_block_count=kmax.pixel_decoder_os2_block_count,
+      decoder_output_stride=kmax.decoder_output_stride,
+      transformer_decoder_block_counts=(tuple(kmax.transformer_decoder_block_counts)
+                                        or _DEFAULT_TRANSFORMER_DECODER_BLOCK_COUNTS),
+      transformer_channels=kmax.transformer_channels,
+      transformer_num_heads=kmax.transformer_num_heads,
+      transformer_ffn_channels=kmax.transformer_ffn_channels,
+      pixel_space_head_channels=kmax.pixel_space_head.head_channels,
+      pixel_space_output_channels=kmax.pixel_space_head.output_channels,
+      use_auxiliary_semantic_decoder=kmax.use_auxiliary_semantic_decoder,
+      semantic_head_channels=kmax.auxiliary_semantic_head.head_channels,
+      semantic_decoder_channels=kmax.auxiliary_semantic_head.decoder_channels,
+      aspp_channels=kmax.auxiliary_semantic_head.aspp_channels,
+      atrous_rates=tuple(kmax.auxiliary_semantic_head.atrous_rates) or _DEFAULT_ATROUS_RATES,
+      auxiliary_low_level=low_level or _DEFAULT_LOW_LEVEL,
+      bn_momentum=solver.batchnorm_momentum,
+      bn_epsilon=solver.batchnorm_epsilon,
+      use_sync_batchnorm=solver.use_sync_batchnorm,
+  )
+
+
+def build_model(config: config_pb2.ExperimentOptions,
+                descriptor: dataset_lib.DatasetDescriptor) -> clip_kmax.ClipKMaX:
+  """Builds the (unbuilt) clip-kMaX model of `config`."""
+  return clip_kmax.ClipKMaX(**model_kwargs(config, descriptor))
+
+
+def _loss_weight(loss_options, name: str) -> float:
+  if loss_options.HasField(name):
+    return getattr(loss_options, name).weight
+  return _DEFAULT_LOSS_WEIGHTS[name]
+
+
+def build_loss(config: config_pb2.ExperimentOptions,
+               descriptor: dataset_lib.DatasetDescriptor) -> kmax_loss.KMaXLoss:
+  """Builds the kMaX loss on tubes with the config's weights."""
+  loss_options = config.trainer_options.loss_options
+  kmax = config.model_options.clip_kmax
+  return kmax_loss.KMaXLoss(
+      num_classes=descriptor.num_classes,
+      ignore_label=descriptor.ignore_label,
+      label_divisor=descriptor.panoptic_label_divisor,
+      thing_class_ids=descriptor.class_has_instances_list,
+      num_mask_slots=kmax.num_mask_slots,
+      output_stride=kmax.decoder_output_stride,
+      pq_style_loss_weight=_loss_weight(loss_options, 'pq_style_loss'),
+      mask_id_cross_entropy_loss_weight=_loss_weight(loss_options, 'mask_id_cross_entropy_loss'),
+      instance_discrimination_loss_weight=_loss_weight(loss_options,
+                                                       'instance_discrimination_loss'),
+      semantic_loss_weight=(_loss_weight(loss_options, 'semantic_loss')
+                            if kmax.use_auxiliary_semantic_decoder else 0.0),
+      semantic_top_k_percent=loss_options.semantic_loss.top_k_percent,
+      instance_discrimination_sample_k=kmax.instance_discrimination_sample_k,
+      instance_discrimination_sample_temperature=kmax.instance_discrimination_sample_temperature,
+      instance_discrimination_temperature=kmax.instance_discrimination_temperature,
+      use_auxiliary_outputs=kmax.use_auxiliary_outputs)
+
+
+def build_post_processor(config: config_pb2.ExperimentOptions,
+                         descriptor: dataset_lib.DatasetDescriptor
+                         ) -> clip_post_processor.ClipPostProcessor:
+  """Builds the tube post-processor from `evaluator_options`."""
+  evaluator = config.evaluator_options
+  maskwise = evaluator.maskwise_postprocessing
+  return clip_post_processor.ClipPostProcessor(
+      num_classes=descriptor.num_classes,
+      label_divisor=descriptor.panoptic_label_divisor,
+      thing_class_ids=descriptor.class_has_instances_list,
+      ignore_label=descriptor.ignore_label,
+      post_processing=evaluator.transformer_post_processing,
+      pixel_confidence_threshold=evaluator.pixel_confidence_threshold,
+      transformer_class_confidence_threshold_thing=(
+          maskwise.transformer_class_confidence_threshold_thing),
+      transformer_class_confidence_threshold_stuff=(
+          maskwise.transformer_class_confidence_threshold_stuff),
+      overlapping_threshold=maskwise.overlapping_threshold,
+      reorder_class_weight=maskwise.reorder_class_weight,
+      reorder_mask_weight=maskwise.reorder_mask_weight,
+      thing_area_limit=evaluator.thing_area_limit,
+      stuff_area_limit=evaluator.stuff_area_limit)
+
+
+def build_associater(config: config_pb2.ExperimentOptions,
+                     descriptor: dataset_lib.DatasetDescriptor
+                     ) -> video_associater.VideoAssociater:
+  """A fresh cross-clip associater (one per video) from `association` options."""
+  association = config.evaluator_options.association
+  return video_associater.VideoAssociater(
+      clip_length=config.eval_dataset_options.clip_length,
+      label_divisor=descriptor.panoptic_label_divisor,
+      thing_class_ids=descriptor.class_has_instances_list,
+      use_stitching=association.use_stitching,
+      stitching_score=association.stitching_score,
+      stitching_threshold=association.stitching_threshold,
+      memory_type=association.memory_type,
+      lam=association.lam,
+      tau=association.tau,
+      alpha=association.alpha,
+      temperature=association.temperature,
+      distance=association.distance)

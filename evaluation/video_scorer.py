@@ -1,0 +1,95 @@
+"""Host-side video evaluation: clip predictions -> association -> STQ.
+
+The model and post-processor run per clip (in a tf.function or an exported
+SavedModel); this module receives each clip's post-processed prediction in
+sequence order, runs the stateful cross-clip associater (video stitching +
+HiLA-MB, paper Sec. 3.2) and feeds every emitted frame, with its final video-level
+ids, to the metrics. The trainer's eval mode and the SavedModel evaluator share it.
+Numpy only.
+"""
+
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+class VideoScorer:
+  """Scores clip-by-clip predictions of whole sequences.
+
+  Clips of one sequence must arrive in order; a new `sequence_id` starts a new
+  video (the associater is reset). Consecutive clips of a sequence overlap by the
+  frames the associater expects (one for near-online T >= 2, none for T = 1);
+  each frame is emitted exactly once by the associater and scored then.
+  """
+
+  def __init__(self, *, associater_fn: Callable[[], object], metric,
+               label_divisor: int, thing_class_ids: Sequence[int]):
+    """Initialises the scorer.
+
+    Args:
+      associater_fn: Creates a fresh associater with `update(panoptic,
+        embeddings) -> list of frames` (deeplab2_vkmax.association).
+      metric: A streaming metric with `update_state(y_true, y_pred,
+        sequence_id)` and `result()` (e.g. STQuality).
+      label_divisor: Panoptic label divisor.
+      thing_class_ids: Classes whose segments carry embeddings for association.
+    """
+    self._associater_fn = associater_fn
+    self.metric = metric
+    self._label_divisor = label_divisor
+    self._thing_class_ids = np.asarray(sorted(thing_class_ids), np.int64)
+    self._associater = None
+    self._sequence_id = None
+    self.num_frames = 0
+    self.num_sequences = 0
+    # Association statistics of each sequence (the associater's `statistics()`).
+    self.association_statistics: Dict[str, Dict[str, float]] = {}
+
+  def add_clip(self, *, sequence_id: str, frame_ids: np.ndarray, panoptic: np.ndarray,
+               segment_ids: np.ndarray, query_embeddings: np.ndarray,
+               labels: Optional[np.ndarray] = None) -> List[Tuple[int, np.ndarray]]:
+    """Associates one clip and scores the frames it emits.
+
+    Args:
+      sequence_id: The clip's sequence.
+      frame_ids: int [T] frame index of each clip frame; -1 marks padding
+        frames (after the end of a sequence), which are never scored.
+      panoptic: int32 [T, H, W] clip-level panoptic prediction (thing ids are
+        the same in every frame of the clip).
+      segment_ids: int [N] panoptic id of each mask slot's kept segment (0 =
+        none).
+      query_embeddings: float [N, E] the slots' query embeddings.
+      labels: Optional int32 [T, H, W] ground truth; frames are scored when given.
+
+    Returns:
+      (frame_id, panoptic [H, W] with video-level ids) for each emitted real frame.
+    """
+    if sequence_id != self._sequence_id:
+      self._associater = self._associater_fn()
+      self._sequence_id = sequence_id
+      self.num_sequences += 1
+    embeddings = self._thing_embeddings(segment_ids, query_embeddings)
+    frames = self._associater.update(np.asarray(panoptic, np.int32), embeddings)
+    emitted_ids = np.asarray(frame_ids)[len(frame_ids) - len(frames):]
+    emitted = []
+    for index, (frame_id, frame) in enumerate(zip(emitted_ids, frames)):
+      if frame_id < 0:
+        continue
+      emitted.append((int(frame_id), frame))
+      if labels is not None:
+        clip_index = len(frame_ids) - len(frames) + index
+        self.metric.update_state(labels[clip_index], frame, sequence_id)
+      self.num_frames += 1
+    if hasattr(self._associater, 'statistics'):
+      self.association_statistics[sequence_id] = self._associater.statistics()
+    return emitted
+
+  def _thing_embeddings(self, segment_ids: np.ndarray,
+                        query_embeddings: np.ndarray) -> Dict[int, np.ndarray]:
+    segment_ids = np.asarray(segment_ids).reshape(-1)
+    is_thing = np.isin(segment_ids // self._label_divisor, self._thing_class_ids)
+    keep = np.flatnonzero((segment_ids > 0) & is_thing)
+    return {int(segment_ids[i]): np.asarray(query_embeddings[i], np.float32) for i in keep}
+
+  def result(self) -> Dict[str, object]:
+    return self.metric.result()

@@ -1,0 +1,149 @@
+"""Tests for deeplab2_vkmax.model.layers."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deeplab2_vkmax.model.layers import axial_attention
+from deeplab2_vkmax.model.layers import blocks
+from deeplab2_vkmax.model.layers import checkpoint_naming
+from deeplab2_vkmax.model.layers import conv_bn_act
+from deeplab2_vkmax.model.layers import drop_path
+from deeplab2_vkmax.model.layers import normalization
+from deeplab2_vkmax.model.layers import resize
+
+_IMAGE = tf.random.normal([2, 9, 17, 8], seed=1)
+_SEQUENCE = tf.random.normal([2, 7, 8], seed=2)
+
+
+@pytest.mark.parametrize('layer,inputs,expected', [
+    (conv_bn_act.ConvBNAct(filters=4, kernel_size=3, strides=2,
+                           activation='relu'), _IMAGE, (2, 5, 9, 4)),
+    (conv_bn_act.ConvBNAct(filters=5, conv_type='1d', activation='gelu'),
+     _SEQUENCE, (2, 7, 5)),
+    (conv_bn_act.ConvBNAct(filters=3, use_bn=False, use_bias=True), _IMAGE,
+     (2, 9, 17, 3)),
+    (conv_bn_act.DepthwiseConvBNAct(kernel_size=5), _IMAGE, (2, 9, 17, 8)),
+    (conv_bn_act.DepthwiseSeparableConvBNAct(filters=6), _IMAGE, (2, 9, 17, 6)),
+    (conv_bn_act.SeparableConvBlock(filters=6), _IMAGE, (2, 9, 17, 6)),
+    (normalization.AxisBatchNormalization(param_shape=(1, 1, 1, 8)), _IMAGE,
+     (2, 9, 17, 8)),
+    (drop_path.DropPath(keep_prob=0.5), _IMAGE, (2, 9, 17, 8)),
+    (axial_attention.AxialAttention1D(query_key_channels=4, value_channels=8,
+                                      num_heads=2, max_span=16),
+     _SEQUENCE, (2, 7, 8)),
+    (axial_attention.AxialAttention2D(query_key_channels=4, value_channels=6,
+                                      num_heads=2, max_span=32),
+     _IMAGE, (2, 9, 17, 6)),
+    (blocks.BottleneckBlock(filters=4, strides=2), _IMAGE, (2, 5, 9, 16)),
+    (blocks.BottleneckBlock(filters=2, activation='gelu'), _IMAGE,
+     (2, 9, 17, 8)),
+    (blocks.AxialBlock(filters=4, num_heads=2, max_span=32), _IMAGE,
+     (2, 9, 17, 16)),
+    (blocks.BlockStage(block_type='axial', num_blocks=2, filters=2,
+                       num_heads=2, max_span=32, drop_path_keep_prob=0.8),
+     _IMAGE, (2, 9, 17, 8)),
+    (blocks.BlockStage(block_type='bottleneck', num_blocks=2, filters=4,
+                       strides=2), _IMAGE, (2, 5, 9, 16)),
+])
+def test_layer_shapes_modes_and_config(check_layer, layer, inputs, expected):
+  check_layer(layer, inputs, expected)
+
+
+def test_relative_positional_encoding_indexes_offsets(check_layer):
+  rpe = axial_attention.RelativePositionalEncoding(max_span=8, depth=3)
+  table = rpe(tf.constant(5)).numpy()
+  assert table.shape == (5, 5, 3)
+  embeddings = rpe.embeddings.numpy()
+  assert embeddings.shape == (15, 3)
+  for i in range(5):
+    for j in range(5):
+      np.testing.assert_array_equal(table[i, j], embeddings[i - j + 7])
+  clone = type(rpe).from_config(rpe.get_config())
+  assert clone.get_config() == rpe.get_config()
+
+
+def test_axial_attention_key_file_shapes():
+  # DeepLab2's OS32 axial block: filters 512 -> qkv [1024, 2048], RPE 509.
+  attention = axial_attention.AxialAttention1D(
+      query_key_channels=512, value_channels=1024, num_heads=8, max_span=255)
+  attention.build((None, None, 1024))
+  shapes = {w.path.split('/', 1)[1]: tuple(w.shape) for w in attention.weights}
+  assert shapes['qkv_kernel'] == (1024, 2048)
+  assert shapes['_query_rpe/embeddings'] == (509, 64)
+  assert shapes['_value_rpe/embeddings'] == (509, 128)
+  assert shapes['_batch_norm_similarity/gamma'] == (3, 1, 8, 1, 1)
+  assert shapes['_batch_norm_retrieved_output/gamma'] == (2, 1, 8, 1, 128)
+
+
+def test_axis_batch_norm_normalises_over_unit_axes():
+  layer = normalization.AxisBatchNormalization(param_shape=(3, 1, 1), epsilon=0.)
+  x = tf.random.normal([3, 50, 4], mean=5.0, stddev=3.0, seed=3)
+  y = layer(x, training=True).numpy()
+  np.testing.assert_allclose(y.mean(axis=(1, 2)), 0.0, atol=1e-4)
+  np.testing.assert_allclose(y.std(axis=(1, 2)), 1.0, atol=1e-3)
+  assert not np.allclose(layer.moving_mean.numpy(), 0.0)
+  # Inference uses the moving statistics, not the batch's.
+  y_eval = layer(x, training=False).numpy()
+  assert not np.allclose(y_eval, y, atol=1e-2)
+
+
+def test_drop_path_drops_whole_samples_only_in_training():
+  layer = drop_path.DropPath(keep_prob=0.5)
+  x = tf.ones([64, 3, 3, 2])
+  np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
+  y = layer(x, training=True).numpy()
+  per_sample = y.reshape(64, -1)
+  assert set(np.unique(per_sample)) <= {0.0, 2.0}
+  assert np.all(per_sample.min(axis=1) == per_sample.max(axis=1))
+  assert 0 < (per_sample[:, 0] == 0).sum() < 64
+  graph = tf.function(lambda v: layer(v, training=True))(x).numpy()
+  assert set(np.unique(graph)) <= {0.0, 2.0}
+  with pytest.raises(ValueError, match='keep_prob'):
+    drop_path.DropPath(keep_prob=0.0)
+
+
+def test_unknown_activation_and_block_type_raise():
+  with pytest.raises(ValueError, match='valid'):
+    conv_bn_act.ConvBNAct(filters=2, activation='swishy')
+  with pytest.raises(ValueError, match='valid'):
+    blocks.BlockStage(block_type='conv', num_blocks=1, filters=2)
+
+
+def test_residual_blocks_start_as_identity_plus_shortcut():
+  # Zero-gamma last BN: an equal-width block initially returns act(input).
+  block = blocks.BottleneckBlock(filters=2, activation='relu')
+  x = tf.random.normal([1, 5, 5, 8], seed=4)
+  np.testing.assert_allclose(block(x, training=False).numpy(),
+                             tf.nn.relu(x).numpy(), atol=1e-6)
+  assert block._shortcut is None
+
+
+def test_stack_and_unstack_frames_order():
+  frames = tf.reshape(tf.range(2 * 3 * 2 * 4 * 1, dtype=tf.float32),
+                      [2 * 3, 2, 4, 1])  # [B*T, h, w, C], B=2, T=3
+  stacked = resize.stack_frames(frames, 3)
+  stacked = stacked.numpy()
+  assert stacked.shape == (2, 6, 4, 1)
+  # Frame t of clip b occupies rows t*h:(t+1)*h.
+  np.testing.assert_array_equal(stacked[1, 2:4], frames.numpy()[4])
+  np.testing.assert_array_equal(resize.unstack_frames(stacked, 3).numpy(),
+                                frames.numpy())
+
+
+def test_checkpoint_names_follow_deeplab2(tmp_path):
+  conv = conv_bn_act.SeparableConvBlock(filters=4)
+  conv.build((None, None, None, 3))
+  layers = checkpoint_naming.LayerList(
+      [conv_bn_act.ConvBNAct(filters=2), conv_bn_act.ConvBNAct(filters=2)])
+  for layer in layers:
+    layer.build((None, None, None, 3))
+  path = tf.train.Checkpoint(block=conv, stages=layers).save(
+      str(tmp_path / 'ckpt'))
+  names = {name for name, _ in tf.train.list_variables(path)}
+  prefix = 'block/_conv1_bn_act/'
+  assert (prefix + '_depthwise/_depthwise_conv/depthwise_kernel/'
+          '.ATTRIBUTES/VARIABLE_VALUE') in names
+  assert prefix + '_pointwise/_conv/kernel/.ATTRIBUTES/VARIABLE_VALUE' in names
+  assert 'stages/1/_conv/kernel/.ATTRIBUTES/VARIABLE_VALUE' in names
+  assert 'stages/1/_batch_norm/moving_mean/.ATTRIBUTES/VARIABLE_VALUE' in names

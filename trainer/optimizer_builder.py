@@ -1,0 +1,121 @@
+"""Learning-rate schedules and optimisers from `SolverOptions`.
+
+Poly and cosine decay with linear warm-up (DeepLab2's `learning_policy`), AdamW
+with decoupled weight decay on convolution/dense kernels only, Adam and SGD with
+an L2 term on kernels, and DeepLab2's backbone learning-rate multiplier as a second
+optimiser over the pixel encoder's variables.
+"""
+
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+from deeplab2_vkmax.protos import trainer_pb2
+
+# Variables that weight decay applies to (DeepLab2 decays kernels only).
+_DECAYED_VARIABLE_NAMES = ('kernel', 'depthwise_kernel', 'pointwise_kernel', 'qkv_kernel')
+
+
+@keras.saving.register_keras_serializable(package='deeplab2_vkmax')
+class WarmUpDecay(keras.optimizers.schedules.LearningRateSchedule):
+  """Linear warm-up to `base_learning_rate`, then poly or cosine decay.
+
+  lr(step) = base * step / warmup_steps                          (step < warmup)
+  poly:   end + (base - end) * (1 - p) ** power, p = (step - warmup) / (total - warmup)
+  cosine: end + (base - end) * 0.5 * (1 + cos(pi * p))
+  """
+
+  def __init__(self, *, base_learning_rate: float, training_number_of_steps: int,
+               learning_policy: str = 'poly', warmup_steps: int = 0,
+               poly_learning_power: float = 0.9, end_learning_rate: float = 0.0):
+    if learning_policy not in ('poly', 'cosine'):
+      raise ValueError(f'learning_policy must be "poly" or "cosine", got "{learning_policy}"')
+    self.base_learning_rate = base_learning_rate
+    self.training_number_of_steps = training_number_of_steps
+    self.learning_policy = learning_policy
+    self.warmup_steps = warmup_steps
+    self.poly_learning_power = poly_learning_power
+    self.end_learning_rate = end_learning_rate
+
+  def __call__(self, step):
+    step = tf.cast(step, tf.float32)
+    base = tf.constant(self.base_learning_rate, tf.float32)
+    end = tf.constant(self.end_learning_rate, tf.float32)
+    warmup = float(self.warmup_steps)
+    decay_steps = max(float(self.training_number_of_steps) - warmup, 1.0)
+    progress = tf.clip_by_value((step - warmup) / decay_steps, 0.0, 1.0)
+    if self.learning_policy == 'poly':
+      decayed = end + (base - end) * tf.pow(1.0 - progress, self.poly_learning_power)
+    else:
+      decayed = end + (base - end) * 0.5 * (1.0 + tf.cos(3.141592653589793 * progress))
+    if self.warmup_steps > 0:
+      warm = base * step / warmup
+      return tf.where(step < warmup, warm, decayed)
+    return decayed
+
+  def get_config(self):
+    return {
+        'base_learning_rate': self.base_learning_rate,
+        'training_number_of_steps': self.training_number_of_steps,
+        'learning_policy': self.learning_policy,
+        'warmup_steps': self.warmup_steps,
+        'poly_learning_power': self.poly_learning_power,
+        'end_learning_rate': self.end_learning_rate,
+    }
+
+
+def build_learning_rate(solver: trainer_pb2.SolverOptions, multiplier: float = 1.0) -> WarmUpDecay:
+  """Returns the schedule of `solver`, scaled by `multiplier`."""
+  return WarmUpDecay(
+      base_learning_rate=solver.base_learning_rate * multiplier,
+      training_number_of_steps=solver.training_number_of_steps,
+      learning_policy=solver.learning_policy,
+      warmup_steps=solver.warmup_steps,
+      poly_learning_power=solver.poly_learning_power,
+      end_learning_rate=solver.poly_end_learning_rate * multiplier)
+
+
+def is_decayed(variable) -> bool:
+  """Whether weight decay applies to `variable` (kernels only)."""
+  return variable.name.split('/')[-1].split(':')[0] in _DECAYED_VARIABLE_NAMES
+
+
+def build_optimizer(solver: trainer_pb2.SolverOptions, variables: Sequence[tf.Variable],
+                    multiplier: float = 1.0) -> keras.optimizers.Optimizer:
+  """Builds (and builds the slots of) the optimiser for `variables`.
+
+  The optimiser is built eagerly so that it can be used inside
+  `strategy.run` (a lazily built Keras 3 optimiser fails there).
+
+  Args:
+    solver: The solver options.
+    variables: The variables this optimiser updates.
+    multiplier: Learning-rate multiplier (the backbone's, or 1.0).
+
+  Returns:
+    A built Keras 3 optimiser.
+  """
+  learning_rate = build_learning_rate(solver, multiplier)
+  if solver.optimizer == 'adamw':
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=learning_rate, weight_decay=solver.adamw_weight_decay,
+        beta_1=solver.adam_beta_1, beta_2=solver.adam_beta_2)
+    optimizer.exclude_from_weight_decay(var_list=[v for v in variables if not is_decayed(v)])
+  elif solver.optimizer == 'adam':
+    optimizer = keras.optimizers.Adam(
+        learning_rate=learning_rate, beta_1=solver.adam_beta_1, beta_2=solver.adam_beta_2)
+  elif solver.optimizer == 'sgd':
+    optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
+  else:
+    raise ValueError(f'optimizer must be one of adamw, adam, sgd; got "{solver.optimizer}"')
+  optimizer.build(list(variables))
+  return optimizer
+
+
+def l2_regularization(solver: trainer_pb2.SolverOptions, variables: Sequence[tf.Variable]):
+  """The L2 term of Adam/SGD `weight_decay` (0 for AdamW, which decouples it)."""
+  if solver.optimizer == 'adamw' or solver.weight_decay <= 0:
+    return tf.constant(0.0)
+  return solver.weight_decay * tf.add_n(
+      [tf.nn.l2_loss(v) for v in variables if is_decayed(v)] or [tf.constant(0.0)])

@@ -1,0 +1,68 @@
+"""Main job: train / evaluate / export a Video-kMaX experiment.
+
+  python trainer/train.py --config_file=configs/synthetic/clip_kmax_tiny.textproto \
+      --mode=train_and_eval --model_dir=runs
+
+Modes: train, eval, train_and_eval, continuous_eval, export. A bad config or bad
+data makes it exit non-zero with one line naming the file and field; no traceback.
+"""
+
+import os
+import sys
+
+if __package__ in (None, ''):
+  # Run as a script from the repository root: `python trainer/train.py`. The
+  # package (installed with pip install -e .) maps this folder to
+  # deeplab2_vkmax.trainer; drop the script folder from the path so that the
+  # local folder `trainer/` never shadows that name.
+  sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# TensorFlow's C++ start-up chatter (CUDA probing, CPU features) hides the
+# progress lines; a user who sets the variable keeps their choice.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+
+from deeplab2_vkmax import config as config_lib
+
+_CONFIG_FILE = flags.DEFINE_string('config_file', None, 'ExperimentOptions textproto.')
+_MODE = flags.DEFINE_enum('mode', 'train_and_eval',
+                          ['train', 'eval', 'train_and_eval', 'continuous_eval', 'export'],
+                          'What to run.')
+_MODEL_DIR = flags.DEFINE_string('model_dir', 'runs',
+                                 'Runs are written to <model_dir>/<experiment_name>.')
+_NUM_GPUS = flags.DEFINE_integer('num_gpus', 0, '0: CPU, 1: one GPU, >1: MirroredStrategy.')
+_MASTER = flags.DEFINE_string('master', '', 'TPU address (TPUStrategy); empty or "local" = none.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  # Orbit prints its progress and results itself; its INFO log repeats them.
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    config = config_lib.load_experiment_config(_CONFIG_FILE.value)
+  except config_lib.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  # Imported after the config is known good: TensorFlow takes seconds to load.
+  from deeplab2_vkmax.trainer import train_lib  # pylint: disable=g-import-not-at-top
+  try:
+    strategy = train_lib.create_strategy(_NUM_GPUS.value, _MASTER.value)
+    train_lib.run_experiment(_MODE.value, config, _MODEL_DIR.value, strategy=strategy)
+  except (ValueError, FileNotFoundError) as e:
+    # Bad data, a missing checkpoint, an unmatched file pattern: one line. Set
+    # VKMAX_TRACEBACK=1 to see where it was raised.
+    if os.environ.get('VKMAX_TRACEBACK'):
+      raise
+    print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('config_file')
+  app.run(lambda argv: sys.exit(main(argv)))
