@@ -93,8 +93,11 @@ def test_gradients_reach_every_trainable_variable():
   def gradients(images):
     with tf.GradientTape() as tape:
       outputs = model(images, training=True)
-      loss = tf.add_n([tf.reduce_mean(tf.square(t))
-                       for t in tf.nest.flatten(outputs)])
+      # Random linear weights: a sum of squares has an exactly-zero gradient
+      # for the beta of a train-mode BN whose output feeds it directly.
+      loss = tf.add_n([
+          tf.reduce_mean(t * tf.random.stateless_normal(tf.shape(t), [i, 0]))
+          for i, t in enumerate(tf.nest.flatten(outputs))])
     return tape.gradient(loss, model.trainable_variables)
 
   _wake_residual_branches(model)
@@ -244,3 +247,21 @@ def test_training_with_drop_path_everywhere():
   np.testing.assert_array_equal(
       model(clip)[common.PRED_QUERY_EMBEDDINGS].numpy(),
       model(clip)[common.PRED_QUERY_EMBEDDINGS].numpy())
+
+
+def test_checkpoint_items_round_trip(model, tmp_path):
+  clip = _clip(1, 2, seed=13)
+  expected = model(clip)
+  path = tf.train.Checkpoint(**model.checkpoint_items).save(
+      str(tmp_path / 'ckpt'))
+  restored = clip_kmax.ClipKMaX(**clip_kmax.tiny_model_kwargs(num_classes=3))
+  restored(clip)
+  status = tf.train.Checkpoint(**restored.checkpoint_items).restore(path)
+  status.assert_existing_objects_matched()
+  for a, b in zip(tf.nest.flatten(restored(clip)), tf.nest.flatten(expected)):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_semantic_decoder_without_head_raises():
+  with pytest.raises(ValueError, match='use_auxiliary_semantic_head'):
+    clip_kmax.ClipKMaX(num_classes=3, use_auxiliary_semantic_head=False)

@@ -12,7 +12,6 @@ from typing import Sequence, Tuple
 import keras
 import tensorflow as tf
 
-from deeplab2_vkmax.model.layers import checkpoint_naming
 from deeplab2_vkmax.model.layers import conv_bn_act
 from deeplab2_vkmax.model.layers import resize
 

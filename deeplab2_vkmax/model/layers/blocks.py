@@ -7,7 +7,6 @@ the OS32/OS16 pixel-decoder stages. Names (`_conv1_bn_act`, `_conv2_bn_act`,
 """
 
 import keras
-import tensorflow as tf
 
 from deeplab2_vkmax.model.layers import axial_attention
 from deeplab2_vkmax.model.layers import conv_bn_act

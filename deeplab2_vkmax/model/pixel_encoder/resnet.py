@@ -9,7 +9,6 @@ conv). Video-kMaX (Shin et al. 2024, Sec. 3.1) runs it per frame. Endpoints
 from typing import Dict, Sequence
 
 import keras
-import tensorflow as tf
 
 from deeplab2_vkmax.model.layers import blocks
 from deeplab2_vkmax.model.layers import conv_bn_act

@@ -270,6 +270,26 @@ class KMaXTransformerLayer(keras.layers.Layer):
     return config
 
 
+class _KMaXBlockGroup(keras.layers.Layer):
+  """Holds one kMaX layer as `_block1_transformer`.
+
+  Mirrors DeepLab2's one-block group so checkpoint keys read
+  `_kmax_decoder/{i}/_block1_transformer/...`. Internal: rebuilt by its owner.
+  """
+
+  def __init__(self, layer: 'KMaXTransformerLayer', **kwargs):
+    super().__init__(**kwargs)
+    self._block1_transformer = layer
+
+  def build(self, input_shape):
+    self._block1_transformer.build(input_shape)
+    self.built = True
+
+  def call(self, inputs, num_frames=1, training=False):
+    return self._block1_transformer(inputs, num_frames=num_frames,
+                                    training=training)
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class KMaXTransformerDecoder(keras.layers.Layer):
   """Learnable cluster centres refined by kMaX layers on OS32, OS16, OS8 features.
@@ -338,13 +358,11 @@ class KMaXTransformerDecoder(keras.layers.Layer):
         **bn)
     self._feature_index = [i for i, count in enumerate(self.block_counts)
                            for _ in range(count)]
-    groups = []
-    for index in range(len(self._feature_index)):
-      group = keras.layers.Layer(name=f'_kmax_block_group{index}')
-      # The extra level mirrors DeepLab2's block-group wrapper in checkpoints.
-      group._block1_transformer = KMaXTransformerLayer(
-          name='_block1_transformer', **layer_kwargs)
-      groups.append(group)
+    groups = [
+        _KMaXBlockGroup(KMaXTransformerLayer(name='_block1_transformer',
+                                             **layer_kwargs),
+                        name=f'_kmax_block_group{index}')
+        for index in range(len(self._feature_index))]
     self._kmax_decoder = checkpoint_naming.LayerList(groups,
                                                      name='_kmax_decoder')
     self._class_embedding_projection = conv_bn_act.ConvBNAct(
@@ -360,10 +378,9 @@ class KMaXTransformerDecoder(keras.layers.Layer):
         initializer=keras.initializers.TruncatedNormal(
             stddev=self.center_init_stddev))
     for index, feature_index in enumerate(self._feature_index):
-      layer = self._kmax_decoder[index]._block1_transformer
-      layer.build({'pixel_feature': input_shape[feature_index],
-                   'centers': (None, self.num_mask_slots, self.channels)})
-      self._kmax_decoder[index].built = True
+      self._kmax_decoder[index].build(
+          {'pixel_feature': input_shape[feature_index],
+           'centers': (None, self.num_mask_slots, self.channels)})
     self._kmax_decoder.build()
     self._class_embedding_projection.build((None, None, self.channels))
     self._mask_embedding_projection.build((None, None, self.channels))
@@ -378,10 +395,9 @@ class KMaXTransformerDecoder(keras.layers.Layer):
                       [batch, 1, 1])  # [B, N, E]
     aux_outputs = []
     for index, feature_index in enumerate(self._feature_index):
-      layer = self._kmax_decoder[index]._block1_transformer
-      centers, aux = layer({'pixel_feature': inputs[feature_index],
-                            'centers': centers},
-                           num_frames=num_frames, training=training)
+      centers, aux = self._kmax_decoder[index](
+          {'pixel_feature': inputs[feature_index], 'centers': centers},
+          num_frames=num_frames, training=training)
       aux_outputs.append(aux)
     return {
         'centers': centers,

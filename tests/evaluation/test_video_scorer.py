@@ -1,0 +1,88 @@
+"""VideoScorer: clip predictions -> stitching + HiLA-MB -> STQ, on synthetic GT."""
+
+import numpy as np
+import pytest
+
+from deeplab2_vkmax.association import video_associater
+from deeplab2_vkmax.data import dataset as dataset_lib
+from deeplab2_vkmax.data import synthetic
+from deeplab2_vkmax.evaluation import stq
+from deeplab2_vkmax.evaluation import video_scorer
+from deeplab2_vkmax.trainer import data_lib
+
+DESCRIPTOR = dataset_lib.get_dataset_descriptor('synthetic')
+DIVISOR = DESCRIPTOR.panoptic_label_divisor
+
+
+def _scorer(clip_length, **association):
+  metric = stq.STQuality(DESCRIPTOR.num_classes, list(DESCRIPTOR.class_has_instances_list),
+                         DESCRIPTOR.ignore_label, DIVISOR, 2 ** 32)
+  return video_scorer.VideoScorer(
+      associater_fn=lambda: video_associater.VideoAssociater(
+          clip_length=clip_length, label_divisor=DIVISOR,
+          thing_class_ids=DESCRIPTOR.class_has_instances_list, **association),
+      metric=metric, label_divisor=DIVISOR,
+      thing_class_ids=DESCRIPTOR.class_has_instances_list)
+
+
+def _clip_local(labels, rng):
+  """Relabels thing instances with random clip-local ids (same id in every frame)."""
+  semantic, instance = labels // DIVISOR, labels % DIVISOR
+  ids = np.unique(labels[(instance > 0) & np.isin(semantic, DESCRIPTOR.class_has_instances_list)])
+  new = rng.permutation(np.arange(1, len(ids) + 1) + 20)
+  out = labels.copy()
+  segment_ids, embeddings = [], []
+  for old, fresh in zip(ids, new):
+    out[labels == old] = (old // DIVISOR) * DIVISOR + fresh
+    segment_ids.append((old // DIVISOR) * DIVISOR + fresh)
+    embeddings.append(rng.normal(size=8))
+  return out, np.array(segment_ids, np.int64), np.array(embeddings).reshape(-1, 8)
+
+
+@pytest.mark.parametrize('clip_length', [1, 2, 3])
+def test_ground_truth_clips_with_clip_local_ids_score_one(tmp_path, clip_length):
+  root = synthetic.ensure_synthetic_dataset(str(tmp_path / 'synth'), num_train_sequences=1,
+                                            num_val_sequences=2, train_frames=4, val_frames=9)
+  sequences = list(synthetic.ground_truth_sequences(root, 'val'))
+  # Online clips need appearance to link ids: give each GT track one embedding.
+  scorer = _scorer(clip_length, alpha=0.5)
+  rng = np.random.default_rng(0)
+  overlap = 1 if clip_length > 1 else 0
+  for sequence_id, labels in sequences:
+    track_embedding = {}
+    for start in data_lib.clip_starts(len(labels), clip_length, overlap):
+      frames = np.minimum(np.arange(start, start + clip_length), len(labels) - 1)
+      frame_ids = np.where(np.arange(start, start + clip_length) < len(labels),
+                           np.arange(start, start + clip_length), -1)
+      clip = labels[frames]
+      relabelled, segment_ids, _ = _clip_local(clip, rng)
+      embeddings = []
+      for segment_id in segment_ids:
+        original = np.unique(clip[relabelled == segment_id])[0]
+        track_embedding.setdefault(original, rng.normal(size=8))
+        embeddings.append(track_embedding[original])
+      scorer.add_clip(sequence_id=sequence_id, frame_ids=frame_ids, panoptic=relabelled,
+                      segment_ids=segment_ids, query_embeddings=np.array(embeddings).reshape(-1, 8),
+                      labels=clip)
+  result = scorer.result()
+  assert scorer.num_frames == sum(len(l) for _, l in sequences)
+  assert scorer.num_sequences == 2
+  assert result['STQ'] == pytest.approx(1.0)
+  assert result['AQ'] == pytest.approx(1.0)
+
+
+def test_without_association_ids_break_and_aq_drops(tmp_path):
+  root = synthetic.ensure_synthetic_dataset(str(tmp_path / 'synth'), num_train_sequences=1,
+                                            num_val_sequences=1, train_frames=4, val_frames=8)
+  (sequence_id, labels), = list(synthetic.ground_truth_sequences(root, 'val'))
+  scorer = _scorer(2, use_stitching=False, memory_type='none')
+  rng = np.random.default_rng(1)
+  for start in data_lib.clip_starts(len(labels), 2, 1):
+    clip = labels[start:start + 2]
+    relabelled, segment_ids, embeddings = _clip_local(clip, rng)
+    scorer.add_clip(sequence_id=sequence_id, frame_ids=np.arange(start, start + 2),
+                    panoptic=relabelled, segment_ids=segment_ids, query_embeddings=embeddings,
+                    labels=clip)
+  result = scorer.result()
+  assert result['IoU'] == pytest.approx(1.0)
+  assert result['AQ'] < 0.5

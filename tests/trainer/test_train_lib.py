@@ -1,0 +1,122 @@
+"""End-to-end tests of the main job (trainer/train.py, train_lib): train, eval, export."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deeplab2_vkmax import common
+from deeplab2_vkmax import config as config_lib
+from deeplab2_vkmax.model import builder
+from deeplab2_vkmax.trainer import data_lib
+from deeplab2_vkmax.trainer import train_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+TINY = REPO / 'configs' / 'synthetic' / 'clip_kmax_tiny.textproto'
+R50 = REPO / 'configs' / 'kitti_step' / 'clip_kmax_r50.textproto'
+
+
+def _tiny_config(tmp_path, steps):
+  config = config_lib.load_experiment_config(str(TINY))
+  for options in (config.train_dataset_options, config.eval_dataset_options):
+    options.synthetic.root_dir = str(tmp_path / 'synthetic')
+  trainer = config.trainer_options
+  trainer.steps_per_loop = 100
+  trainer.save_summaries_steps = 100
+  trainer.save_checkpoints_steps = 100
+  trainer.solver_options.training_number_of_steps = steps
+  config.evaluator_options.eval_interval = steps
+  config_lib.validate_experiment_config(config)
+  return config
+
+
+def test_train_py_rejects_a_misspelled_field_in_one_line(tmp_path):
+  bad = tmp_path / 'bad.textproto'
+  bad.write_text(TINY.read_text().replace('transformer_num_heads: 4', 'transformer_num_head: 4'))
+  run = subprocess.run([sys.executable, 'trainer/train.py', f'--config_file={bad}',
+                        f'--model_dir={tmp_path}'], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+  assert run.returncode != 0
+  lines = run.stderr.strip().splitlines()
+  assert len(lines) == 1, run.stderr
+  assert str(bad) in lines[0] and 'transformer_num_head' in lines[0]
+  assert 'Traceback' not in run.stderr
+
+
+def test_shipped_r50_config_builds_the_real_model():
+  config = config_lib.load_experiment_config(str(R50))
+  descriptor = data_lib.dataset_descriptor(config.train_dataset_options)
+  model = builder.build_model(config, descriptor)
+  outputs = model(tf.zeros([1, 2, 65, 129, 3]), training=False)
+  assert outputs[common.PRED_PIXEL_SPACE_MASK_LOGITS].shape == (1, 2, 17, 33, 128)
+  assert outputs[common.PRED_TRANSFORMER_CLASS_LOGITS].shape == (1, 128, 20)
+  assert len(outputs[common.PRED_AUX_OUTPUTS]) == 6
+  num_parameters = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+  assert num_parameters == 72_202_221
+
+
+def _first_val_clip(config):
+  options = config.eval_dataset_options
+  descriptor = data_lib.dataset_descriptor(options)
+  clip = next(data_lib.iterate_eval_clips(options, descriptor))
+  height, width = clip[data_lib.ORIGINAL_SIZE]
+  return clip, int(height), int(width)
+
+
+@pytest.mark.slow
+def test_train_and_eval_learns_checkpoints_exports_and_resumes(tmp_path):
+  steps = 300
+  keras.utils.set_random_seed(0)
+  config = _tiny_config(tmp_path, steps)
+  model_dir = str(tmp_path / 'runs')
+
+  # The untrained model, evaluated exactly as training will evaluate it.
+  untrained = train_lib.build_experiment(config, str(tmp_path / 'untrained'))
+  untrained_stq = train_lib.build_evaluator(untrained, log_fn=lambda _: None).evaluate(-1)[
+      'evaluation/step/STQ']
+
+  lines = []
+  result = train_lib.run_experiment('train_and_eval', config, model_dir, log_fn=lines.append)
+  trained_stq = result['evaluation/step/STQ']
+  assert trained_stq > untrained_stq + 0.05, (untrained_stq, trained_stq)
+  assert any(line.startswith(f'step {steps}/{steps} | loss') for line in lines)
+
+  run_dir = pathlib.Path(model_dir) / config.experiment_name
+  assert (run_dir / f'ckpt-{steps}.index').exists()
+  assert (run_dir / 'eval' / f'metrics_step_{steps}.json').exists()
+  assert list((run_dir / 'train').glob('events.out.tfevents.*'))
+
+  # The SavedModel gives the Keras model's panoptic maps on a val clip.
+  clip, height, width = _first_val_clip(config)
+  images = clip[common.IMAGE][:, :height, :width].astype(np.uint8)
+  loaded = tf.saved_model.load(str(run_dir / 'export'))
+  served = loaded.signatures['serving_default'](input_tensor=tf.constant(images))
+  experiment = train_lib.build_experiment(config, model_dir)
+  tf.train.Checkpoint(**experiment.model.checkpoint_items).read(
+      str(run_dir / f'ckpt-{steps}')).expect_partial()
+  post_processor = builder.build_post_processor(config, experiment.descriptor)
+  outputs = experiment.model(clip[common.IMAGE][np.newaxis], training=False)
+  expected = post_processor(outputs, clip[common.IMAGE].shape[1:3])[common.PANOPTIC_PRED]
+  np.testing.assert_array_equal(served[common.PANOPTIC_PRED].numpy(),
+                                expected[0, :, :height, :width].numpy())
+  single = loaded.signatures['serving_frame'](input_tensor=tf.constant(images[0]))
+  assert single[common.PANOPTIC_PRED].shape == (1, height, width)
+
+  # Running again with a later end step resumes from the checkpoint.
+  config.trainer_options.solver_options.training_number_of_steps = steps + 100
+  resumed = []
+  train_lib.run_experiment('train', config, model_dir, log_fn=resumed.append)
+  progress = [line for line in resumed if line.startswith('step ')]
+  assert progress[0].startswith(f'step {steps + 100}/{steps + 100}'), progress
+  assert (run_dir / f'ckpt-{steps + 100}.index').exists()
+
+
+def test_eval_without_checkpoint_is_a_clear_error(tmp_path):
+  config = _tiny_config(tmp_path, 10)
+  with pytest.raises(ValueError, match='needs a checkpoint'):
+    train_lib.run_experiment('eval', config, str(tmp_path / 'empty'))
