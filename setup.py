@@ -76,6 +76,9 @@ setuptools.setup(
         'pillow',
         'protobuf>=7.35.1,<8',
         'grpcio-tools==1.85.1',
+        'tqdm',
+        'opencv-python-headless',
     ],
     extras_require={'test': ['pytest>=7']},
+    entry_points={'console_scripts': ['vkmax-predict = deeplab2_vkmax.tools.predict:main']},
 )

@@ -24,7 +24,8 @@ _PARSE_ERROR_RE = re.compile(r'^(\d+):(\d+) : (.*)$', re.DOTALL)
 # Allowed values of the string fields that select behaviour:
 # (message path, field) -> allowed values.
 _CHOICES = {
-    ('model_options.backbone', 'name'): ('resnet50',),
+    ('model_options.backbone', 'name'): ('resnet50', 'convnext_tiny', 'convnext_small',
+                                         'convnext_base', 'convnext_large'),
     ('trainer_options.solver_options', 'optimizer'): ('adamw', 'adam', 'sgd'),
     ('trainer_options.solver_options', 'learning_policy'): ('poly', 'cosine'),
     ('trainer_options.loss_options.semantic_loss', 'name'): ('softmax_cross_entropy',),
@@ -132,6 +133,13 @@ def validate_experiment_config(config: config_pb2.ExperimentOptions, path: str =
   if association.temperature <= 0:
     raise _error(path, text, 'evaluator_options.association.temperature',
                  f'must be positive, got {association.temperature}')
+  loss_options = config.trainer_options.loss_options
+  for name in ('pq_style_loss', 'mask_id_cross_entropy_loss', 'instance_discrimination_loss'):
+    single = getattr(loss_options, name)
+    for field in ('name', 'top_k_percent'):
+      if single.HasField(field):
+        raise _error(path, text, f'trainer_options.loss_options.{name}.{field}',
+                     'is only used by semantic_loss; remove it here')
   trainer = config.trainer_options
   if trainer.steps_per_loop <= 0 or trainer.save_summaries_steps % trainer.steps_per_loop:
     raise _error(path, text, 'trainer_options.save_summaries_steps',

@@ -27,6 +27,7 @@ from deeplab2_vkmax import common
 from deeplab2_vkmax import config as config_lib
 from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.model import builder
+from deeplab2_vkmax.model import checkpoint_utils
 from deeplab2_vkmax.protos import config_pb2
 
 _GRID = 32  # kMaX crops are 32k + 1 pixels: every stride-2 stage stays aligned.
@@ -100,12 +101,9 @@ def export_from_checkpoint(config: config_pb2.ExperimentOptions, checkpoint_path
   model = builder.build_model(config, descriptor)
   options = config.train_dataset_options
   model(tf.zeros([1, options.clip_length, *options.crop_size, 3]), training=False)
-  resolved = (tf.train.latest_checkpoint(checkpoint_path)
-              if tf.io.gfile.isdir(checkpoint_path) else checkpoint_path)
-  if not resolved:
-    raise ValueError(f'no checkpoint found at {checkpoint_path}')
-  status = tf.train.Checkpoint(**model.checkpoint_items).read(resolved)
-  status.expect_partial().assert_existing_objects_matched()
+  # Strict: every model variable must come from the checkpoint (ValueError
+  # listing the unmatched ones otherwise).
+  checkpoint_utils.restore_checkpoint(model, checkpoint_path)
   eval_descriptor = dataset_lib.get_dataset_descriptor(config.eval_dataset_options.dataset)
   return export_saved_model(model, builder.build_post_processor(config, eval_descriptor),
                             config, output_path)

@@ -1,4 +1,4 @@
-"""Host-side video evaluation: clip predictions -> association -> STQ.
+"""Host-side video evaluation: clip predictions -> association -> metrics (STQ, VPQ, ...).
 
 The model and post-processor run per clip (in a tf.function or an exported
 SavedModel); this module receives each clip's post-processed prediction in
@@ -8,9 +8,30 @@ ids, to the metrics. The trainer's eval mode and the SavedModel evaluator share 
 Numpy only.
 """
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+
+
+def clip_starts(num_frames: int, clip_length: int, clip_overlap: int) -> List[int]:
+  """First frame of each evaluation clip: every frame is covered, clips share
+  `clip_overlap` frames, and the last clip may run past the end (padded).
+
+  Shared by the trainer's evaluation and the SavedModel evaluator.
+  """
+  step = clip_length - clip_overlap
+  return list(range(0, max(num_frames - clip_overlap, 1), step))
+
+
+def jsonable(value):
+  """`value` with numpy scalars as Python numbers and dict keys as strings (for JSON)."""
+  if isinstance(value, dict):
+    return {str(k): jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [jsonable(v) for v in value]
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
 
 
 class VideoScorer:
@@ -22,20 +43,33 @@ class VideoScorer:
   each frame is emitted exactly once by the associater and scored then.
   """
 
-  def __init__(self, *, associater_fn: Callable[[], object], metric,
-               label_divisor: int, thing_class_ids: Sequence[int]):
+  def __init__(self, *, associater_fn: Callable[[], object], metric=None,
+               label_divisor: int, thing_class_ids: Sequence[int],
+               metrics: Optional[Mapping[str, object]] = None):
     """Initialises the scorer.
 
     Args:
       associater_fn: Creates a fresh associater with `update(panoptic,
         embeddings) -> list of frames` (deeplab2_vkmax.association).
       metric: A streaming metric with `update_state(y_true, y_pred,
-        sequence_id)` and `result()` (e.g. STQuality).
+        sequence_id)` and `result()` (e.g. STQuality); `result()` returns its
+        result. Optional when `metrics` is given (then its first entry).
       label_divisor: Panoptic label divisor.
       thing_class_ids: Classes whose segments carry embeddings for association.
+      metrics: More named streaming metrics fed the same frames (STQ, VPQ, PQ,
+        mIoU, VC ...); `results()` returns all of them by name.
+
+    Raises:
+      ValueError: neither `metric` nor `metrics` given.
     """
+    if metric is None and not metrics:
+      raise ValueError('VideoScorer needs a metric or a non-empty metrics mapping.')
     self._associater_fn = associater_fn
-    self.metric = metric
+    self.metrics = dict(metrics or {})
+    self.metric = metric if metric is not None else next(iter(self.metrics.values()))
+    # Every distinct metric object, each updated once per frame.
+    self._all_metrics = [self.metric] + [m for m in self.metrics.values()
+                                         if m is not self.metric]
     self._label_divisor = label_divisor
     self._thing_class_ids = np.asarray(sorted(thing_class_ids), np.int64)
     self._associater = None
@@ -78,7 +112,8 @@ class VideoScorer:
       emitted.append((int(frame_id), frame))
       if labels is not None:
         clip_index = len(frame_ids) - len(frames) + index
-        self.metric.update_state(labels[clip_index], frame, sequence_id)
+        for metric in self._all_metrics:
+          metric.update_state(labels[clip_index], frame, sequence_id)
       self.num_frames += 1
     if hasattr(self._associater, 'statistics'):
       self.association_statistics[sequence_id] = self._associater.statistics()
@@ -93,3 +128,7 @@ class VideoScorer:
 
   def result(self) -> Dict[str, object]:
     return self.metric.result()
+
+  def results(self) -> Dict[str, Dict[str, object]]:
+    """{name: result()} of the `metrics` mapping."""
+    return {name: metric.result() for name, metric in self.metrics.items()}

@@ -90,3 +90,11 @@ def test_crop_size_and_clip_overlap_are_checked(tmp_path):
 def test_missing_file():
   with pytest.raises(config.ConfigError, match='not found'):
     config.load_experiment_config(os.path.join('no', 'such.textproto'))
+
+
+def test_fields_a_loss_does_not_use_are_rejected(tmp_path):
+  text = TINY.read_text().replace(
+      'trainer_options {', 'trainer_options {\n  loss_options { pq_style_loss { top_k_percent: 0.5 } }', 1)
+  with pytest.raises(config.ConfigError,
+                     match='loss_options.pq_style_loss.top_k_percent: is only used by semantic_loss'):
+    config.load_experiment_config(_write(tmp_path, text))

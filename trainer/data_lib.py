@@ -19,6 +19,7 @@ from deeplab2_vkmax.data import build_step_data
 from deeplab2_vkmax.data import clip_reader
 from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.data import synthetic
+from deeplab2_vkmax.evaluation import video_scorer
 from deeplab2_vkmax.protos import dataset_pb2
 
 ORIGINAL_SIZE = 'original_size'
@@ -84,13 +85,6 @@ def build_train_dataset(options: dataset_pb2.DatasetOptions,
       deterministic=options.HasField('seed'))
 
 
-def clip_starts(num_frames: int, clip_length: int, clip_overlap: int) -> List[int]:
-  """First frame of each evaluation clip: every frame is covered, clips share
-  `clip_overlap` frames, and the last clip may run past the end (padded)."""
-  step = clip_length - clip_overlap
-  return list(range(0, max(num_frames - clip_overlap, 1), step))
-
-
 def iterate_eval_clips(options: dataset_pb2.DatasetOptions,
                        descriptor: dataset_lib.DatasetDescriptor,
                        max_num_sequences: int = -1) -> Iterator[dict]:
@@ -115,7 +109,7 @@ def iterate_eval_clips(options: dataset_pb2.DatasetOptions,
     padded_images[:, :height, :width] = images
     padded_labels = np.full((num_frames, crop_height, crop_width), void, np.int32)
     padded_labels[:, :height, :width] = labels
-    for start in clip_starts(num_frames, clip_length, options.clip_overlap):
+    for start in video_scorer.clip_starts(num_frames, clip_length, options.clip_overlap):
       frames = np.arange(start, start + clip_length)
       frame_ids = np.where(frames < num_frames, frames, -1).astype(np.int32)
       take = np.minimum(frames, num_frames - 1)

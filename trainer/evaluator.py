@@ -98,6 +98,11 @@ class ClipKMaXEvaluator(orbit.StandardEvaluator):
     logs = {'evaluation/step/STQ': float(result['STQ']),
             'evaluation/step/AQ': float(result['AQ']),
             'evaluation/step/SQ': float(result['IoU'])}
+    vpq = state.metrics.get('vpq')
+    if vpq is not None:
+      vpq_result = vpq.result()
+      logs['evaluation/step/VPQ'] = float(vpq_result['VPQ'])
+      self._log_fn(f'  {vpq.describe()}: {vpq_result["VPQ"]:.3f}')
     self._log_fn(format_result_table(result, step, state.num_sequences, state.num_frames))
     if self._output_dir:
       os.makedirs(self._output_dir, exist_ok=True)
@@ -105,6 +110,7 @@ class ClipKMaXEvaluator(orbit.StandardEvaluator):
                 'num_frames': state.num_frames,
                 'STQ': float(result['STQ']), 'AQ': float(result['AQ']),
                 'SQ': float(result['IoU']),
+                'VPQ': logs.get('evaluation/step/VPQ'),
                 'per_sequence': _per_sequence(result),
                 'association_per_sequence': _jsonable(state.association_statistics)}
       path = os.path.join(self._output_dir, f'metrics_step_{step}.json')
@@ -114,14 +120,7 @@ class ClipKMaXEvaluator(orbit.StandardEvaluator):
     return logs
 
 
-def _jsonable(value):
-  if isinstance(value, dict):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, np.generic):
-    return value.item()
-  return value
+_jsonable = video_scorer.jsonable
 
 
 def _per_sequence(result) -> Dict[str, Dict[str, float]]:

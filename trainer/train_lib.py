@@ -20,6 +20,7 @@ import tensorflow as tf
 from deeplab2_vkmax import export_model
 from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.evaluation import stq
+from deeplab2_vkmax.evaluation import video_panoptic_quality
 from deeplab2_vkmax.evaluation import video_scorer
 from deeplab2_vkmax.model import builder
 from deeplab2_vkmax.protos import config_pb2
@@ -88,27 +89,15 @@ def _split_variables(model: keras.Model):
 
 
 def _initial_checkpoint_fn(experiment: Experiment, log_fn) -> Optional[Callable[[], None]]:
-  """Restores `initial_checkpoint` (partially) when the run directory is empty."""
+  """Applies `pretrained_weights` / `initial_checkpoint` when the run directory is empty."""
   model_options = experiment.config.model_options
-  path = model_options.initial_checkpoint
-  if not path:
+  if not (model_options.initial_checkpoint or model_options.backbone.pretrained_weights):
     return None
-  items = dict(experiment.model.checkpoint_items)
-  if not model_options.restore_semantic_last_layer_from_initial_checkpoint:
-    items.pop('semantic_last_layer', None)
-  if not model_options.restore_class_last_layer_from_initial_checkpoint:
-    items.pop('transformer_class_head', None)
 
   def restore():
-    if tf.io.gfile.isdir(path):
-      resolved = tf.train.latest_checkpoint(path)
-    else:
-      resolved = path
-    if not resolved:
-      raise ValueError(f'initial_checkpoint "{path}" holds no checkpoint')
-    status = tf.train.Checkpoint(**items).read(resolved)
-    status.expect_partial().assert_existing_objects_matched()
-    log_fn(f'initialised {sorted(items)} from initial_checkpoint {resolved}')
+    # Strict: a ValueError lists every unmatched variable or unused key.
+    for message in builder.initialise_model_weights(experiment.config, experiment.model):
+      log_fn(message)
 
   return restore
 
@@ -137,17 +126,21 @@ def build_optimizers(experiment: Experiment):
 def make_scorer_fn(config: config_pb2.ExperimentOptions,
                    descriptor: dataset_lib.DatasetDescriptor
                    ) -> Callable[[], video_scorer.VideoScorer]:
-  """Creates VideoScorers (fresh STQ + a fresh associater per sequence)."""
+  """Creates VideoScorers: STQ and VPQ {1,2,4,6}, a fresh associater per sequence."""
+  things = list(descriptor.class_has_instances_list)
+
   def scorer_fn():
     metric = stq.STQuality(
-        num_classes=descriptor.num_classes,
-        things_list=list(descriptor.class_has_instances_list),
+        num_classes=descriptor.num_classes, things_list=things,
         ignore_label=descriptor.ignore_label,
-        label_divisor=descriptor.panoptic_label_divisor,
-        offset=2 ** 32)
+        label_divisor=descriptor.panoptic_label_divisor, offset=2 ** 32)
+    vpq = video_panoptic_quality.VideoPanopticQuality(
+        descriptor.num_classes, things, descriptor.ignore_label,
+        descriptor.panoptic_label_divisor, window_sizes='video_kmax')
     return video_scorer.VideoScorer(
         associater_fn=lambda: builder.build_associater(config, descriptor),
-        metric=metric, label_divisor=descriptor.panoptic_label_divisor,
+        metric=metric, metrics={'stq': metric, 'vpq': vpq},
+        label_divisor=descriptor.panoptic_label_divisor,
         thing_class_ids=descriptor.class_has_instances_list)
   return scorer_fn
 

@@ -6,7 +6,11 @@ buffers, id counter) live in `hila_memory_buffer.py`, `naive_memory_buffer.py` a
 
 - `dense_segment_index`: panoptic ids -> dense indices 0..K-1 (a lookup-table
   relabelling, O(pixels) with `np.bincount`, no sort when ids are small).
-- `boxes_from_masks`: normalised boxes `[x_tl/w, y_tl/h, x_br/w, y_br/h]` of every
+- `thing_pixels`: the thing pixels of a panoptic array as a sparse list (flat
+  positions + dense segment index). Thing pixels are a minority of a frame, so
+  every per-pixel gather and `np.bincount` after this runs on them only; the
+  full-frame work is a few SIMD comparisons and one `np.flatnonzero`.
+- `boxes_from_pixels` / `boxes_from_masks`: normalised boxes `[x_tl/w, y_tl/h, x_br/w, y_br/h]` of every
   segment of a frame (the location feature of Eq. (4)).
 - `overlap_scores`: IoU or dice between the segments of two label maps of the same
   frame (Video Stitching, method.md Sec. 3).
@@ -85,7 +89,144 @@ def segment_areas(index_map: np.ndarray, num_segments: int) -> np.ndarray:
     int64 array [K].
   """
   flat = index_map.reshape(-1)
-  return np.bincount(flat[flat >= 0], minlength=num_segments)[:num_segments]
+  # flatnonzero + gather beats boolean-mask indexing (~4x on 375x1242 frames).
+  return np.bincount(flat[np.flatnonzero(flat >= 0)],
+                     minlength=num_segments)[:num_segments]
+
+
+# Up to this many runs of consecutive thing classes, the thing mask is built with
+# range comparisons (SIMD, ~0.03 ms per pass on 375x1242); more runs fall back to
+# a class lookup.
+_MAX_THING_CLASS_RUNS = 8
+
+
+def _thing_class_runs(thing_class_ids: np.ndarray):
+  """[(first, last)] runs of consecutive classes in sorted distinct ids."""
+  runs = []
+  for c in np.unique(np.asarray(thing_class_ids, dtype=np.int64)).tolist():
+    if runs and c == runs[-1][1] + 1:
+      runs[-1][1] = c
+    else:
+      runs.append([c, c])
+  return runs
+
+
+def thing_pixels(panoptic: np.ndarray, label_divisor: int,
+                 thing_class_ids: Sequence[int]
+                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The thing pixels of a panoptic array, as a sparse list.
+
+  Things are pixels whose class is in `thing_class_ids` and whose instance is
+  > 0 (instance 0 is crowd and is not a segment).
+
+  Args:
+    panoptic: int array of any shape, `semantic * label_divisor + instance`, >= 0.
+    label_divisor: the panoptic label divisor.
+    thing_class_ids: semantic classes that are things.
+
+  Returns:
+    (segment_ids, positions, segment):
+    segment_ids: int64 [K] distinct thing panoptic ids, ascending;
+    positions: int64 [P] ascending indices into `panoptic.reshape(-1)` of every
+      thing pixel;
+    segment: int64 [P] index into `segment_ids` of each of those pixels.
+  """
+  flat = np.asarray(panoptic).reshape(-1)
+  runs = _thing_class_runs(thing_class_ids)
+  empty = np.zeros(0, dtype=np.int64)
+  if not runs or not flat.size:
+    return empty, empty, empty
+  if len(runs) <= _MAX_THING_CLASS_RUNS:
+    # Boolean temporaries only (1 byte per pixel), combined in place: large
+    # fresh allocations cost page faults that dominate on busy machines.
+    mask = np.zeros(flat.shape, dtype=bool)
+    below = np.empty(flat.shape, dtype=bool)
+    for first, last in runs:
+      in_run = np.greater_equal(flat, first * label_divisor)
+      np.less(flat, (last + 1) * label_divisor, out=below)
+      in_run &= below
+      mask |= in_run
+  else:
+    mask = np.isin(flat // label_divisor, np.asarray(thing_class_ids))
+  positions = np.flatnonzero(mask)  # int64 (intp)
+  if not positions.size:
+    return empty, positions.astype(np.int64, copy=False), empty
+  values = flat[positions].astype(np.int64, copy=False)
+  low = int(values.min())
+  span = int(values.max()) - low + 1
+  if use_lookup_table(span, values.size):
+    shifted = values - low
+    seen = np.zeros(span, dtype=bool)
+    seen[shifted] = True
+    # Crowd (instance 0) ids are multiples of the divisor: not segments.
+    crowd = np.arange(-low % label_divisor, span, label_divisor)
+    has_crowd = bool(seen[crowd].any())
+    seen[crowd] = False
+    present = np.flatnonzero(seen)
+    lut = np.full(span, -1, dtype=np.int64)
+    lut[present] = np.arange(len(present))
+    segment = lut[shifted]
+    segment_ids = present + low
+  else:
+    segment_ids, segment = np.unique(values, return_inverse=True)
+    segment = segment.reshape(-1).astype(np.int64, copy=False)
+    is_crowd = segment_ids % label_divisor == 0
+    has_crowd = bool(is_crowd.any())
+    if has_crowd:
+      renumber = np.cumsum(~is_crowd) - 1
+      renumber[is_crowd] = -1
+      segment, segment_ids = renumber[segment], segment_ids[~is_crowd]
+  if has_crowd:
+    keep = segment >= 0
+    positions, segment = positions[keep], segment[keep]
+  return (segment_ids.astype(np.int64, copy=False),
+          positions.astype(np.int64, copy=False), segment)
+
+
+def boxes_from_pixels(positions: np.ndarray, segment: np.ndarray,
+                      num_segments: int, height: int, width: int,
+                      num_frames: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+  """Normalised boxes of every segment in every frame, from a sparse pixel list.
+
+  Corners are pixel edges (see `boxes_from_masks`).
+
+  Args:
+    positions: int [P] indices into a flattened [num_frames, height, width] array.
+    segment: int [P] segment index (0..K-1) of each position.
+    num_segments: K.
+    height, width: frame size.
+    num_frames: F.
+
+  Returns:
+    (boxes, present): float64 [F, K, 4] `[x_tl/w, y_tl/h, x_br/w, y_br/h]`
+    (zeros where absent) and bool [F, K].
+  """
+  boxes = np.zeros((num_frames, num_segments, 4), dtype=np.float64)
+  if num_segments == 0 or num_frames == 0:
+    return boxes, np.zeros((num_frames, num_segments), dtype=bool)
+  positions = np.asarray(positions, dtype=np.int64)
+  # Integer division is slow in numpy (~4 ns/element); the quotient of
+  # (p + 0.5) / n in float64 is at least 0.5 / n from an integer, far above the
+  # rounding error for p < 2**40, so floor gives the exact quotient.
+  flat_rows = np.floor((positions + 0.5) * (1.0 / width)).astype(np.int64)
+  cols = positions - flat_rows * width
+  frame = np.floor((flat_rows + 0.5) * (1.0 / height)).astype(np.int64)
+  rows = flat_rows - frame * height
+  track = frame * num_segments + np.asarray(segment, dtype=np.int64)  # [P]
+  num_tracks = num_frames * num_segments
+  # Row/column occupancy per (frame, segment) with one bincount each.
+  row_hits = np.bincount(track * height + rows,
+                         minlength=num_tracks * height).reshape(num_tracks, height) > 0
+  col_hits = np.bincount(track * width + cols,
+                         minlength=num_tracks * width).reshape(num_tracks, width) > 0
+  present = row_hits.any(axis=1)
+  flat_boxes = boxes.reshape(num_tracks, 4)
+  flat_boxes[:, 0] = np.argmax(col_hits, axis=1) / width
+  flat_boxes[:, 1] = np.argmax(row_hits, axis=1) / height
+  flat_boxes[:, 2] = (width - np.argmax(col_hits[:, ::-1], axis=1)) / width
+  flat_boxes[:, 3] = (height - np.argmax(row_hits[:, ::-1], axis=1)) / height
+  flat_boxes[~present] = 0.0
+  return boxes, present.reshape(num_frames, num_segments)
 
 
 def boxes_from_masks(index_map: np.ndarray,
@@ -107,27 +248,11 @@ def boxes_from_masks(index_map: np.ndarray,
   if index_map.ndim != 2:
     raise ValueError(f'index_map must be [H, W]; received shape {index_map.shape}.')
   height, width = index_map.shape
-  boxes = np.zeros((num_segments, 4), dtype=np.float64)
-  if num_segments == 0:
-    return boxes, np.zeros(0, dtype=bool)
-  rows, cols = np.nonzero(index_map >= 0)
-  segment = index_map[rows, cols].astype(np.int64)
-  # Row/column occupancy per segment with one bincount each: [K, H] and [K, W].
-  row_hits = np.bincount(segment * height + rows,
-                         minlength=num_segments * height).reshape(num_segments, height) > 0
-  col_hits = np.bincount(segment * width + cols,
-                         minlength=num_segments * width).reshape(num_segments, width) > 0
-  present = row_hits.any(axis=1)
-  y_tl = np.argmax(row_hits, axis=1)
-  y_br = height - np.argmax(row_hits[:, ::-1], axis=1)
-  x_tl = np.argmax(col_hits, axis=1)
-  x_br = width - np.argmax(col_hits[:, ::-1], axis=1)
-  boxes[:, 0] = x_tl / width
-  boxes[:, 1] = y_tl / height
-  boxes[:, 2] = x_br / width
-  boxes[:, 3] = y_br / height
-  boxes[~present] = 0.0
-  return boxes, present
+  flat = index_map.reshape(-1)
+  positions = np.flatnonzero(flat >= 0)
+  boxes, present = boxes_from_pixels(positions, flat[positions], num_segments,
+                                     height, width)
+  return boxes[0], present[0]
 
 
 def overlap_scores(index_map_a: np.ndarray, num_a: int,
@@ -159,12 +284,31 @@ def overlap_scores(index_map_a: np.ndarray, num_a: int,
     return np.zeros((num_a, num_b), dtype=np.float64)
   a = index_map_a.reshape(-1)
   b = index_map_b.reshape(-1)
-  area_a = segment_areas(a, num_a).astype(np.float64)
-  area_b = segment_areas(b, num_b).astype(np.float64)
-  both = (a >= 0) & (b >= 0)
+  both = np.flatnonzero((a >= 0) & (b >= 0))
   intersection = np.bincount(a[both].astype(np.int64) * num_b + b[both],
                              minlength=num_a * num_b).reshape(num_a, num_b)
-  intersection = intersection.astype(np.float64)
+  return overlap_from_areas(intersection, segment_areas(a, num_a),
+                            segment_areas(b, num_b), score)
+
+
+def overlap_from_areas(intersection: np.ndarray, areas_a: np.ndarray,
+                       areas_b: np.ndarray, score: str = 'iou') -> np.ndarray:
+  """IoU or dice from pixel counts.
+
+  Args:
+    intersection: int [P, C], |a & b|.
+    areas_a: int [P], |a|.
+    areas_b: int [C], |b|.
+    score: 'iou' or 'dice'.
+
+  Returns:
+    float64 [P, C].
+  """
+  if score not in OVERLAP_SCORES:
+    raise ValueError(f'score must be one of {OVERLAP_SCORES}; received {score!r}.')
+  intersection = np.asarray(intersection, dtype=np.float64)
+  area_a = np.asarray(areas_a, dtype=np.float64)
+  area_b = np.asarray(areas_b, dtype=np.float64)
   if score == 'iou':
     denominator = area_a[:, None] + area_b[None, :] - intersection
     return intersection / np.maximum(denominator, 1.0)

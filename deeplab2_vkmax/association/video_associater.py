@@ -213,14 +213,17 @@ class VideoAssociater:
     num_new = new_frames.shape[0]
     frame_indices = self._next_frame + np.arange(num_new)
 
-    ids = video_stitcher.thing_segment_ids(panoptic, self.label_divisor,
-                                           self.thing_class_ids)  # [K]
-    index_maps = matching.dense_segment_index(panoptic, ids)  # [T, H, W]
-    boxes = np.zeros((num_new, len(ids), 4), dtype=np.float64)
-    present = np.zeros((num_new, len(ids)), dtype=bool)
-    for f in range(num_new):
-      boxes[f], present[f] = matching.boxes_from_masks(index_maps[first_new + f],
-                                                      len(ids))
+    _, height, width = panoptic.shape
+    frame_pixels = height * width
+    # Thing pixels of the whole clip as a sparse list: per-pixel work below runs
+    # on them only (they are a minority of a frame).
+    ids, positions, segment = matching.thing_pixels(
+        panoptic, self.label_divisor, self.thing_class_ids)  # [K], [P], [P]
+    new_start = int(np.searchsorted(positions, first_new * frame_pixels))
+    new_positions = positions[new_start:] - first_new * frame_pixels
+    new_segment = segment[new_start:]
+    boxes, present = matching.boxes_from_pixels(
+        new_positions, new_segment, len(ids), height, width, num_new)  # [F, K, 4]
     in_new_frames = present.any(axis=0)  # [K]
     classes = ids // self.label_divisor
     track_ids = np.zeros(len(ids), dtype=np.int64)  # 0 = not assigned yet.
@@ -229,7 +232,8 @@ class VideoAssociater:
 
     # 1. Video Stitching on the shared frame.
     if self.use_stitching and self.stitcher.has_previous:
-      previous, current = self.stitcher.match_indexed(index_maps[0], ids)
+      previous, current = self.stitcher.match_pixels(
+          positions[:new_start], segment[:new_start], ids, (height, width))
       track_ids[current] = self.stitcher.previous_track_ids()[previous]
       self._stats['stitched'] += len(current)
 
@@ -257,10 +261,9 @@ class VideoAssociater:
     track_ids[unassigned] = self._new_track_ids(len(unassigned))
 
     # Relabel the new frames; ids only on the shared frame never reach the output.
-    new_values = np.append(classes * self.label_divisor + track_ids, 0)  # [K + 1]
-    new_index = index_maps[first_new:]
-    outputs = np.where(new_index >= 0, new_values[new_index], new_frames)
-    outputs = outputs.astype(np.int32)
+    new_values = classes * self.label_divisor + track_ids  # [K]
+    outputs = new_frames.astype(np.int32)  # a copy: stuff and crowd pass through.
+    outputs.reshape(-1)[new_positions] = new_values[new_segment]
 
     # 4. Memory encoding with every object of the new frames.
     if self.memory is not None:
@@ -274,7 +277,10 @@ class VideoAssociater:
                                            len(self.memory))
     if self.use_stitching:
       # The last emitted frame, as an index map over the ids it now carries.
-      self.stitcher.remember_indexed(index_maps[-1], new_values[:-1])
+      last_start = int(np.searchsorted(new_positions, (num_new - 1) * frame_pixels))
+      self.stitcher.remember_pixels(
+          new_positions[last_start:] - (num_new - 1) * frame_pixels,
+          new_segment[last_start:], new_values, (height, width))
     self._step += 1
     self._next_frame += num_new
     return list(outputs)

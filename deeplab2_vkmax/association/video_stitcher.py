@@ -28,15 +28,7 @@ def thing_segment_ids(panoptic: np.ndarray, label_divisor: int,
   Returns:
     int64 [K], ascending.
   """
-  flat = np.asarray(panoptic).reshape(-1)
-  max_id = int(flat.max()) if flat.size else 0
-  if matching.use_lookup_table(max_id, flat.size):
-    ids = np.nonzero(np.bincount(flat, minlength=1))[0]
-  else:
-    ids = np.unique(flat)
-  ids = ids.astype(np.int64)
-  is_thing = np.isin(ids // label_divisor, thing_class_ids) & (ids % label_divisor > 0)
-  return ids[is_thing]
+  return matching.thing_pixels(panoptic, label_divisor, thing_class_ids)[0]
 
 
 class VideoStitcher:
@@ -68,6 +60,8 @@ class VideoStitcher:
     """Forgets the previous clip (call at the start of every video)."""
     self._previous_index: Optional[np.ndarray] = None  # [H, W] int32
     self._previous_ids = np.zeros(0, dtype=np.int64)  # [P] panoptic ids
+    self._previous_areas = np.zeros(0, dtype=np.int64)  # [P] pixels
+    self._previous_positions = np.zeros(0, dtype=np.int64)  # thing pixels set
 
   @property
   def has_previous(self) -> bool:
@@ -76,18 +70,33 @@ class VideoStitcher:
   def remember(self, last_output_frame: np.ndarray) -> None:
     """Stores the last emitted frame [H, W] (video-global ids) of a clip."""
     frame = np.asarray(last_output_frame)
-    ids = thing_segment_ids(frame, self.label_divisor, self.thing_class_ids)
-    self.remember_indexed(matching.dense_segment_index(frame, ids), ids)
+    ids, positions, segment = matching.thing_pixels(frame, self.label_divisor,
+                                                    self.thing_class_ids)
+    self.remember_pixels(positions, segment, ids, frame.shape)
 
-  def remember_indexed(self, index_map: np.ndarray, segment_ids: np.ndarray) -> None:
-    """Like `remember`, from a dense index map the caller already has.
+  def remember_pixels(self, positions: np.ndarray, segment: np.ndarray,
+                      segment_ids: np.ndarray, frame_shape) -> None:
+    """Like `remember`, from the sparse thing pixels the caller already has.
 
     Args:
-      index_map: int [H, W], index into `segment_ids` per pixel, -1 elsewhere.
-      segment_ids: int [P] video-global thing panoptic ids.
+      positions: int [P] indices into the flattened [H, W] frame.
+      segment: int [P] index into `segment_ids` of each position.
+      segment_ids: int [S] video-global thing panoptic ids.
+      frame_shape: (H, W).
     """
-    self._previous_index = np.asarray(index_map)
-    self._previous_ids = np.asarray(segment_ids, dtype=np.int64)
+    segment_ids = np.asarray(segment_ids, dtype=np.int64)
+    frame_shape = tuple(int(x) for x in frame_shape)
+    # A dense index map makes the next match a gather over the current clip's
+    # thing pixels only. The map is reused between clips (clearing only the
+    # pixels set last time): a fresh frame-sized array costs page faults.
+    if self._previous_index is None or self._previous_index.shape != frame_shape:
+      self._previous_index = np.full(frame_shape, -1, dtype=np.int32)
+    else:
+      self._previous_index.reshape(-1)[self._previous_positions] = -1
+    self._previous_index.reshape(-1)[positions] = segment
+    self._previous_positions = np.asarray(positions, dtype=np.int64)
+    self._previous_areas = np.bincount(segment, minlength=len(segment_ids))
+    self._previous_ids = segment_ids
 
   def match(self, shared_frame: np.ndarray) -> Dict[int, int]:
     """Stitches the current clip's ids on the shared frame to the previous ids.
@@ -100,17 +109,21 @@ class VideoStitcher:
       {current panoptic id: previous panoptic id} for every stitched pair.
     """
     frame = np.asarray(shared_frame)
-    ids = thing_segment_ids(frame, self.label_divisor, self.thing_class_ids)
-    rows, cols = self.match_indexed(matching.dense_segment_index(frame, ids), ids)
+    ids, positions, segment = matching.thing_pixels(frame, self.label_divisor,
+                                                    self.thing_class_ids)
+    rows, cols = self.match_pixels(positions, segment, ids, frame.shape)
     return {int(ids[c]): int(self._previous_ids[r]) for r, c in zip(rows, cols)}
 
-  def match_indexed(self, index_map: np.ndarray, segment_ids: np.ndarray):
-    """Mutual-best stitching on dense index maps.
+  def match_pixels(self, positions: np.ndarray, segment: np.ndarray,
+                   segment_ids: np.ndarray, frame_shape):
+    """Mutual-best stitching from the sparse thing pixels of the shared frame.
 
     Args:
-      index_map: int [H, W], index into `segment_ids` per pixel (-1 elsewhere) of
-        the current clip's first frame.
+      positions: int [P] indices into the flattened [H, W] shared frame of the
+        current clip's thing pixels.
+      segment: int [P] index into `segment_ids` of each position.
       segment_ids: int [C] clip-local thing panoptic ids.
+      frame_shape: (H, W).
 
     Returns:
       (previous, current): int64 [K] indices into the remembered ids and into
@@ -119,12 +132,22 @@ class VideoStitcher:
     empty = np.zeros(0, dtype=np.int64)
     if self._previous_index is None:
       return empty, empty
-    if self._previous_index.shape != index_map.shape:
-      raise ValueError(f'Shared frame shape {index_map.shape} differs from the '
+    if self._previous_index.shape != tuple(frame_shape):
+      raise ValueError(f'Shared frame shape {tuple(frame_shape)} differs from the '
                        f'previous clip\'s frame {self._previous_index.shape}.')
     segment_ids = np.asarray(segment_ids, dtype=np.int64)
-    scores = matching.overlap_scores(self._previous_index, len(self._previous_ids),
-                                     index_map, len(segment_ids), score=self.score)
+    num_previous, num_current = len(self._previous_ids), len(segment_ids)
+    if not num_previous or not num_current:
+      return empty, empty
+    segment = np.asarray(segment, dtype=np.int64)
+    previous_at = self._previous_index.reshape(-1)[positions]  # [P]
+    both = previous_at >= 0
+    intersection = np.bincount(
+        previous_at[both].astype(np.int64) * num_current + segment[both],
+        minlength=num_previous * num_current).reshape(num_previous, num_current)
+    scores = matching.overlap_from_areas(
+        intersection, self._previous_areas,
+        np.bincount(segment, minlength=num_current), score=self.score)
     same_class = matching.class_agreement(self._previous_ids // self.label_divisor,
                                           segment_ids // self.label_divisor)
     scores = np.where(same_class, scores, 0.0)

@@ -2,10 +2,11 @@
 
 A clip is `clip_length` frames of ONE sequence, `frame_stride` frames apart, in frame
 order (Video-kMaX, Sec. 3: the model segments a clip of T frames at once). The
-TFRecords (written by `build_step_data`) hold every sequence contiguously and in frame
-order inside one shard, so clips are formed by a sliding window over each shard's
-records, keeping only windows whose frames share the sequence id and whose frame ids
-step by exactly `frame_stride` (windows across a sequence boundary are dropped).
+TFRecords (written by the `build_*_data` converters) hold every sequence
+contiguously and in frame order inside one shard, so clips are formed by a sliding
+window over each shard's records, keeping only windows whose frames share the
+sequence id and whose frame ids step by exactly `frame_stride` (windows across a
+sequence boundary are dropped).
 
 Training draws ONE augmentation per clip and applies it identically to all T frames:
 random scale (continuous in [min, max] or on the `scale_factor_step_size` grid),
@@ -103,7 +104,7 @@ def decode_example(serialized: tf.Tensor,
   """Decodes one serialized frame, exactly as the clip pipeline does.
 
   Args:
-    serialized: Scalar string, a `tf.train.Example` from `build_step_data`.
+    serialized: Scalar string, a `tf.train.Example` from a `build_*_data` converter.
     descriptor: Data set descriptor (void label for label-less frames).
 
   Returns:

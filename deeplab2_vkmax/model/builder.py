@@ -6,16 +6,18 @@ Layers and losses take plain keyword arguments; this module turns an
 proto comments say.
 """
 
-from typing import Any, Dict
+import os
+from typing import Any, Dict, List
 
 from deeplab2_vkmax.association import video_associater
 from deeplab2_vkmax.data import dataset as dataset_lib
+from deeplab2_vkmax.model import checkpoint_utils
 from deeplab2_vkmax.model import clip_kmax
+from deeplab2_vkmax.model import pretrained_weights
 from deeplab2_vkmax.model.loss import kmax_loss
 from deeplab2_vkmax.model.post_processor import clip_post_processor
 from deeplab2_vkmax.protos import config_pb2
 
-_DEFAULT_BACKBONE_BLOCK_COUNTS = (3, 4, 6, 3)
 _DEFAULT_PIXEL_DECODER_BLOCK_COUNTS = (1, 5, 1, 1)
 _DEFAULT_TRANSFORMER_DECODER_BLOCK_COUNTS = (2, 2, 2)
 _DEFAULT_PIXEL_DECODER_WIDTHS = (512, 256, 128, 64)
@@ -42,8 +44,10 @@ def model_kwargs(config: config_pb2.ExperimentOptions,
   return dict(
       num_classes=descriptor.num_classes,
       num_mask_slots=kmax.num_mask_slots,
+      backbone_name=backbone.name,
       backbone_width_multiplier=backbone.width_multiplier,
-      backbone_block_counts=tuple(backbone.block_counts) or _DEFAULT_BACKBONE_BLOCK_COUNTS,
+      # Empty: the backbone's own block counts.
+      backbone_block_counts=tuple(backbone.block_counts) or None,
       drop_path_keep_prob=backbone.drop_path_keep_prob,
       pixel_decoder_block_counts=(tuple(kmax.pixel_decoder_block_counts)
                                   or _DEFAULT_PIXEL_DECODER_BLOCK_COUNTS),
@@ -80,7 +84,56 @@ def model_kwargs(config: config_pb2.ExperimentOptions,
 def build_model(config: config_pb2.ExperimentOptions,
                 descriptor: dataset_lib.DatasetDescriptor) -> clip_kmax.ClipKMaX:
   """Builds the (unbuilt) clip-kMaX model of `config`."""
+  name = config.model_options.backbone.name
+  if name not in clip_kmax.ENCODERS:
+    raise ValueError(f'model_options.backbone.name: got "{name}", expected one of '
+                     f'{sorted(clip_kmax.ENCODERS)}')
   return clip_kmax.ClipKMaX(**model_kwargs(config, descriptor))
+
+
+# Checkpoint items a config can switch off; a checkpoint that has them (e.g. a
+# DeepLab2 COCO checkpoint with the auxiliary semantic decoder) still initialises
+# a model without them.
+_OPTIONAL_ITEMS = ('semantic_decoder', 'semantic_head_without_last_layer',
+                   'semantic_last_layer')
+
+
+def initialise_model_weights(config: config_pb2.ExperimentOptions,
+                             model: clip_kmax.ClipKMaX) -> List[str]:
+  """Applies `pretrained_weights`, then `initial_checkpoint`, to a built model.
+
+  For a fresh run only (the trainer calls it when the run directory holds no
+  checkpoint). `initial_checkpoint` is restored strictly
+  (`checkpoint_utils.restore_checkpoint`), skipping the class-dependent layers
+  the two `restore_*_from_initial_checkpoint` flags exclude.
+
+  Returns:
+    One log line per source applied (empty when the config names none).
+
+  Raises:
+    ValueError: a file that does not fit the model (listing what did not match).
+  """
+  model_options = config.model_options
+  messages = []
+  weights_path = os.path.expandvars(model_options.backbone.pretrained_weights)
+  if weights_path:
+    count = pretrained_weights.load_pretrained_backbone(
+        model, model_options.backbone.name, weights_path)
+    messages.append(f'initialised {count} encoder variables from pretrained_weights '
+                    f'{weights_path}')
+  checkpoint_path = os.path.expandvars(model_options.initial_checkpoint)
+  if checkpoint_path:
+    skip = checkpoint_utils.class_dependent_prefixes(
+        model,
+        class_heads=not model_options.restore_class_last_layer_from_initial_checkpoint,
+        semantic_last_layer=(
+            not model_options.restore_semantic_last_layer_from_initial_checkpoint))
+    ignored = tuple(item for item in _OPTIONAL_ITEMS if item not in model.checkpoint_items)
+    resolved = checkpoint_utils.restore_checkpoint(
+        model, checkpoint_path, skip=skip, ignore_stored_items=ignored)
+    messages.append(f'initialised the model from initial_checkpoint {resolved} '
+                    f'(skipped: {list(skip) or "nothing"})')
+  return messages
 
 
 def _loss_weight(loss_options, name: str) -> float:

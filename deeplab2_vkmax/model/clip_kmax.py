@@ -9,7 +9,7 @@ cluster centres; the OS4 mask logits are reshaped back into tubes
 clips; association lives in `deeplab2_vkmax.association`.
 """
 
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -21,11 +21,39 @@ from deeplab2_vkmax.model.layers import checkpoint_naming
 from deeplab2_vkmax.model.layers import conv_bn_act
 from deeplab2_vkmax.model.layers import resize
 from deeplab2_vkmax.model.pixel_decoder import kmax_pixel_decoder
+from deeplab2_vkmax.model.pixel_encoder import convnext
 from deeplab2_vkmax.model.pixel_encoder import resnet
 from deeplab2_vkmax.model.transformer_decoder import kmax_transformer_decoder
 
 # Pixel-decoder endpoints fed to the transformer decoder, coarsest first.
 _TRANSFORMER_INPUTS = ('decoder_stage1', 'decoder_stage2', 'decoder_stage3')
+
+
+def _resnet50(width_multiplier: float, block_counts: Optional[Sequence[int]],
+              drop_path_keep_prob: float, bn: Dict[str, Any]) -> keras.layers.Layer:
+  return resnet.ResNet(width_multiplier=width_multiplier,
+                       block_counts=block_counts or (3, 4, 6, 3),
+                       drop_path_keep_prob=drop_path_keep_prob, name='encoder', **bn)
+
+
+def _convnext(variant: str) -> Callable[..., keras.layers.Layer]:
+  def build(width_multiplier, block_counts, drop_path_keep_prob, bn):
+    del bn  # ConvNeXt uses LayerNorm only.
+    default_counts, widths = convnext.VARIANTS[variant]
+    return convnext.ConvNeXt(block_counts=block_counts or default_counts,
+                             widths=widths, width_multiplier=width_multiplier,
+                             drop_path_keep_prob=drop_path_keep_prob, name='encoder')
+  return build
+
+
+# backbone_name -> encoder constructor (width multiplier, block counts or None
+# for the backbone's own, drop-path keep probability, BN options).
+ENCODERS: Dict[str, Callable[..., keras.layers.Layer]] = {
+    'resnet50': _resnet50,
+    **{name: _convnext(name) for name in convnext.VARIANTS},
+}
+# Encoders with an OS2 endpoint ('stage1'), needed by decoder_output_stride 2.
+_ENCODERS_WITH_OS2 = ('resnet50',)
 
 
 def tiny_model_kwargs(num_classes: int = 3) -> Dict[str, Any]:
@@ -55,7 +83,7 @@ def tiny_model_kwargs(num_classes: int = 3) -> Dict[str, Any]:
 
 @keras.saving.register_keras_serializable(package='deeplab2_vkmax')
 class ClipKMaX(keras.Model):
-  """clip-kMaX with a ResNet-50 (kMaX variant) encoder.
+  """clip-kMaX with a ResNet-50 (kMaX variant) or ConvNeXt encoder.
 
   Defaults reproduce DeepLab2's kMaX-DeepLab R50 (OS4, 128 slots, auxiliary
   semantic decoder): 72,202,221 trainable parameters for 19 classes.
@@ -63,8 +91,11 @@ class ClipKMaX(keras.Model):
   Args:
     num_classes: real classes C (class logits have C + 1, void last).
     num_mask_slots: cluster centres N.
-    backbone_width_multiplier: ResNet width multiplier.
-    backbone_block_counts: ResNet blocks per stage 2..5.
+    backbone_name: a key of `ENCODERS`: 'resnet50' (kMaX variant),
+      'convnext_tiny', 'convnext_small', 'convnext_base', 'convnext_large'.
+    backbone_width_multiplier: encoder width multiplier.
+    backbone_block_counts: encoder blocks per stage 2..5; None for the
+      backbone's own ((3, 4, 6, 3) for ResNet-50).
     drop_path_keep_prob: drop-path keep probability of the encoder blocks.
     pixel_decoder_drop_path_keep_prob: same for the pixel decoder blocks
       (DeepLab2 fixes 1.0).
@@ -106,8 +137,9 @@ class ClipKMaX(keras.Model):
   """
 
   def __init__(self, *, num_classes: int, num_mask_slots: int = 128,
+               backbone_name: str = 'resnet50',
                backbone_width_multiplier: float = 1.0,
-               backbone_block_counts: Sequence[int] = (3, 4, 6, 3),
+               backbone_block_counts: Optional[Sequence[int]] = None,
                drop_path_keep_prob: float = 1.0,
                pixel_decoder_drop_path_keep_prob: float = 1.0,
                transformer_decoder_drop_path_keep_prob: float = 0.8,
@@ -138,6 +170,12 @@ class ClipKMaX(keras.Model):
                bn_epsilon: float = 1e-3, use_sync_batchnorm: bool = False,
                **kwargs):
     super().__init__(**kwargs)
+    if backbone_name not in ENCODERS:
+      raise ValueError(f'backbone_name must be one of {sorted(ENCODERS)}, got '
+                       f'"{backbone_name}".')
+    if decoder_output_stride == 2 and backbone_name not in _ENCODERS_WITH_OS2:
+      raise ValueError(f'decoder_output_stride 2 needs an OS2 encoder endpoint; '
+                       f'"{backbone_name}" has none (use one of {_ENCODERS_WITH_OS2}).')
     if decoder_output_stride not in (2, 4):
       raise ValueError(
           f'decoder_output_stride must be 2 or 4, got {decoder_output_stride}.')
@@ -157,8 +195,10 @@ class ClipKMaX(keras.Model):
                        f'{transformer_decoder_block_counts}.')
     self.num_classes = num_classes
     self.num_mask_slots = num_mask_slots
+    self.backbone_name = backbone_name
     self.backbone_width_multiplier = backbone_width_multiplier
-    self.backbone_block_counts = tuple(backbone_block_counts)
+    self.backbone_block_counts = (None if backbone_block_counts is None
+                                  else tuple(backbone_block_counts))
     self.drop_path_keep_prob = drop_path_keep_prob
     self.pixel_decoder_drop_path_keep_prob = pixel_decoder_drop_path_keep_prob
     self.transformer_decoder_drop_path_keep_prob = (
@@ -196,10 +236,9 @@ class ClipKMaX(keras.Model):
 
     bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
               use_sync_batchnorm=use_sync_batchnorm)
-    self._encoder = resnet.ResNet(
-        width_multiplier=backbone_width_multiplier,
-        block_counts=backbone_block_counts,
-        drop_path_keep_prob=drop_path_keep_prob, name='encoder', **bn)
+    self._encoder = ENCODERS[backbone_name](
+        backbone_width_multiplier, self.backbone_block_counts,
+        drop_path_keep_prob, bn)
     widths = self.pixel_decoder_widths
     counts = self.pixel_decoder_block_counts
     types = self.pixel_decoder_block_types
@@ -383,8 +422,10 @@ class ClipKMaX(keras.Model):
     config.update({
         'num_classes': self.num_classes,
         'num_mask_slots': self.num_mask_slots,
+        'backbone_name': self.backbone_name,
         'backbone_width_multiplier': self.backbone_width_multiplier,
-        'backbone_block_counts': list(self.backbone_block_counts),
+        'backbone_block_counts': (None if self.backbone_block_counts is None
+                                  else list(self.backbone_block_counts)),
         'drop_path_keep_prob': self.drop_path_keep_prob,
         'pixel_decoder_drop_path_keep_prob':
             self.pixel_decoder_drop_path_keep_prob,

@@ -73,3 +73,46 @@ def test_hila_similarity_eq5():
   np.testing.assert_allclose(got, [[np.exp(-d2 / 0.5) / np.sqrt(2), 0.0]], atol=1e-12)
   got = matching.hila_similarity(qb, qe, mb, me, temperature=0.5, distance='l2')
   np.testing.assert_allclose(got[0, 0], np.exp(-np.sqrt(d2) / 0.5) / np.sqrt(2))
+
+
+@pytest.mark.parametrize('thing_class_ids', [[11, 13], list(range(2, 40, 2))])
+def test_thing_pixels_matches_a_dense_reference(thing_class_ids):
+  # Two runs of thing classes (range comparisons) and 19 runs (class lookup).
+  rng = np.random.default_rng(1)
+  values = np.array([0, 5000, 11000, 11003, 11999, 12004, 13001, 13002, 38007,
+                     10000, 39001])
+  panoptic = rng.choice(values, size=(2, 9, 11)).astype(np.int32)
+  ids, positions, segment = matching.thing_pixels(panoptic, 1000, thing_class_ids)
+  flat = panoptic.reshape(-1)
+  is_thing = np.isin(flat // 1000, thing_class_ids) & (flat % 1000 > 0)
+  np.testing.assert_array_equal(ids, np.unique(flat[is_thing]))
+  np.testing.assert_array_equal(positions, np.flatnonzero(is_thing))
+  np.testing.assert_array_equal(ids[segment], flat[positions])
+  # Huge ids take the sort path and give the same answer.
+  spread = flat.astype(np.int64) << 24  # id span far above the table limit
+  big_ids, big_positions, big_segment = matching.thing_pixels(spread, 1 << 50, [0])
+  np.testing.assert_array_equal(big_ids, np.unique(spread[spread > 0]))
+  np.testing.assert_array_equal(big_positions, np.flatnonzero(spread > 0))
+  np.testing.assert_array_equal(big_ids[big_segment], spread[big_positions])
+
+
+def test_thing_pixels_empty_and_crowd_only():
+  crowd = np.full((3, 4), 13000, dtype=np.int32)
+  for panoptic in (crowd, np.zeros((0, 4), np.int32), crowd * 0 + 5000):
+    ids, positions, segment = matching.thing_pixels(panoptic, 1000, [11, 13])
+    assert ids.size == positions.size == segment.size == 0
+
+
+def test_boxes_from_pixels_per_frame_equals_boxes_from_masks():
+  rng = np.random.default_rng(2)
+  index_maps = rng.integers(-1, 4, size=(3, 7, 13))
+  index_maps[1] = -1  # an empty frame
+  flat = index_maps.reshape(-1)
+  positions = np.flatnonzero(flat >= 0)
+  boxes, present = matching.boxes_from_pixels(positions, flat[positions], 4, 7, 13,
+                                              num_frames=3)
+  for f in range(3):
+    expected_boxes, expected_present = matching.boxes_from_masks(index_maps[f], 4)
+    np.testing.assert_array_equal(boxes[f], expected_boxes)
+    np.testing.assert_array_equal(present[f], expected_present)
+  assert not present[1].any()

@@ -45,3 +45,19 @@ def test_stitcher_rejects_negative_threshold_and_forgets_on_reset():
   assert stitcher.match(frame) == {13001: 13001}
   stitcher.reset()
   assert stitcher.match(frame) == {}
+
+
+def test_stitcher_forgets_pixels_of_the_frame_before():
+  # The remembered index map is reused between clips: pixels of the older frame
+  # must not survive into the next match.
+  older = np.zeros((2, 8), dtype=np.int32)
+  older[:, 0:4] = 13005
+  newer = np.zeros((2, 8), dtype=np.int32)
+  newer[:, 4:8] = 13006
+  stitcher = _stitcher()
+  stitcher.remember(older)
+  stitcher.remember(newer)
+  current = np.zeros((2, 8), dtype=np.int32)
+  current[:, 0:4] = 13001  # where only the older frame had a car
+  current[:, 5:8] = 13002
+  assert stitcher.match(current) == {13002: 13006}

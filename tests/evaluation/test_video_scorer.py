@@ -8,7 +8,6 @@ from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.data import synthetic
 from deeplab2_vkmax.evaluation import stq
 from deeplab2_vkmax.evaluation import video_scorer
-from deeplab2_vkmax.trainer import data_lib
 
 DESCRIPTOR = dataset_lib.get_dataset_descriptor('synthetic')
 DIVISOR = DESCRIPTOR.panoptic_label_divisor
@@ -50,7 +49,7 @@ def test_ground_truth_clips_with_clip_local_ids_score_one(tmp_path, clip_length)
   overlap = 1 if clip_length > 1 else 0
   for sequence_id, labels in sequences:
     track_embedding = {}
-    for start in data_lib.clip_starts(len(labels), clip_length, overlap):
+    for start in video_scorer.clip_starts(len(labels), clip_length, overlap):
       frames = np.minimum(np.arange(start, start + clip_length), len(labels) - 1)
       frame_ids = np.where(np.arange(start, start + clip_length) < len(labels),
                            np.arange(start, start + clip_length), -1)
@@ -77,7 +76,7 @@ def test_without_association_ids_break_and_aq_drops(tmp_path):
   (sequence_id, labels), = list(synthetic.ground_truth_sequences(root, 'val'))
   scorer = _scorer(2, use_stitching=False, memory_type='none')
   rng = np.random.default_rng(1)
-  for start in data_lib.clip_starts(len(labels), 2, 1):
+  for start in video_scorer.clip_starts(len(labels), 2, 1):
     clip = labels[start:start + 2]
     relabelled, segment_ids, embeddings = _clip_local(clip, rng)
     scorer.add_clip(sequence_id=sequence_id, frame_ids=np.arange(start, start + 2),
@@ -86,3 +85,32 @@ def test_without_association_ids_break_and_aq_drops(tmp_path):
   result = scorer.result()
   assert result['IoU'] == pytest.approx(1.0)
   assert result['AQ'] < 0.5
+
+
+def test_several_metrics_see_the_same_frames(tmp_path):
+  from deeplab2_vkmax.evaluation import video_panoptic_quality  # pylint: disable=g-import-not-at-top
+  root = synthetic.ensure_synthetic_dataset(str(tmp_path / 'synth'), num_train_sequences=1,
+                                            num_val_sequences=1, train_frames=4, val_frames=7)
+  (sequence_id, labels), = list(synthetic.ground_truth_sequences(root, 'val'))
+  base = _scorer(2)
+  vpq = video_panoptic_quality.VideoPanopticQuality(
+      DESCRIPTOR.num_classes, DESCRIPTOR.class_has_instances_list, DESCRIPTOR.ignore_label,
+      DIVISOR, window_sizes=[1, 2])
+  scorer = video_scorer.VideoScorer(
+      associater_fn=lambda: video_associater.VideoAssociater(
+          clip_length=2, label_divisor=DIVISOR,
+          thing_class_ids=DESCRIPTOR.class_has_instances_list),
+      metrics={'stq': base.metric, 'vpq': vpq}, label_divisor=DIVISOR,
+      thing_class_ids=DESCRIPTOR.class_has_instances_list)
+  rng = np.random.default_rng(2)
+  for start in video_scorer.clip_starts(len(labels), 2, 1):
+    frames = np.minimum(np.arange(start, start + 2), len(labels) - 1)
+    frame_ids = np.where(np.arange(start, start + 2) < len(labels), frames, -1)
+    relabelled, segment_ids, embeddings = _clip_local(labels[frames], rng)
+    scorer.add_clip(sequence_id=sequence_id, frame_ids=frame_ids, panoptic=relabelled,
+                    segment_ids=segment_ids, query_embeddings=embeddings, labels=labels[frames])
+  results = scorer.results()
+  assert scorer.result() is not None and set(results) == {'stq', 'vpq'}
+  assert results['vpq']['Length_per_seq'] == [len(labels)] == results['stq']['Length_per_seq']
+  assert results['stq']['IoU'] == pytest.approx(1.0)
+  assert results['vpq']['VPQ_per_window'][1] == pytest.approx(1.0)

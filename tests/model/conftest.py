@@ -1,4 +1,5 @@
-"""Shared checks for tests/model: every layer's shape, modes, tf.function, config."""
+"""Shared checks for tests/model: every layer's shape, modes, tf.function, config;
+DeepLab2's kMaX-R50 checkpoint keys."""
 
 import keras
 import numpy as np
@@ -37,3 +38,18 @@ def check_layer(layer, inputs, expected_shapes, **call_kwargs):
 @pytest.fixture(name='check_layer')
 def check_layer_fixture():
   return check_layer
+
+
+@pytest.fixture(name='deeplab2_r50_keys', scope='session')
+def deeplab2_r50_keys_fixture():
+  """{checkpoint key: shape list} of shared/reference/deeplab2_kmax_r50_checkpoint_keys.txt."""
+  path = (__file__.rsplit('/tests/', 1)[0] +
+          '/../shared/reference/deeplab2_kmax_r50_checkpoint_keys.txt')
+  keys = {}
+  with open(path) as key_file:
+    for line in key_file:
+      if line.startswith('#') or not line.strip():
+        continue
+      name, shape = line.rstrip('\n').split('\t')
+      keys[name] = [int(d) for d in shape.strip('[]').split(',') if d.strip()]
+  return keys

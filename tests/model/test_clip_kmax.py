@@ -185,20 +185,7 @@ def test_invalid_options_raise():
     clip_kmax.ClipKMaX(num_classes=3, transformer_decoder_block_counts=(1, 1))
 
 
-def _read_key_file():
-  path = (__file__.rsplit('/tests/', 1)[0] +
-          '/../shared/reference/deeplab2_kmax_r50_checkpoint_keys.txt')
-  keys = {}
-  with open(path) as key_file:
-    for line in key_file:
-      if line.startswith('#') or not line.strip():
-        continue
-      name, shape = line.rstrip('\n').split('\t')
-      keys[name] = [int(d) for d in shape.strip('[]').split(',') if d.strip()]
-  return keys
-
-
-def test_r50_matches_deeplab2_checkpoint_and_parameter_counts(tmp_path):
+def test_r50_matches_deeplab2_checkpoint_and_parameter_counts(tmp_path, deeplab2_r50_keys):
   model = clip_kmax.ClipKMaX(num_classes=19)
   model(tf.zeros([1, 1, 65, 129, 3]))
   counts = {name: sum(int(tf.size(w)) for w in item.trainable_weights)
@@ -216,7 +203,7 @@ def test_r50_matches_deeplab2_checkpoint_and_parameter_counts(tmp_path):
   path = checkpoint.save(str(tmp_path / 'ckpt'))
   saved = {name: shape for name, shape in tf.train.list_variables(path)
            if name != '_CHECKPOINTABLE_OBJECT_GRAPH'}
-  assert saved == _read_key_file()
+  assert saved == deeplab2_r50_keys
 
 
 def test_cityscapes_variant_matches_deeplab2_parameter_count():

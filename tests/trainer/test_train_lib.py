@@ -83,6 +83,7 @@ def test_train_and_eval_learns_checkpoints_exports_and_resumes(tmp_path):
   lines = []
   result = train_lib.run_experiment('train_and_eval', config, model_dir, log_fn=lines.append)
   trained_stq = result['evaluation/step/STQ']
+  assert 0.0 <= result['evaluation/step/VPQ'] <= 1.0
   assert trained_stq > untrained_stq + 0.05, (untrained_stq, trained_stq)
   assert any(line.startswith(f'step {steps}/{steps} | loss') for line in lines)
 

@@ -1,0 +1,436 @@
+"""Association ablations on synthetic tracking scenarios (paper Tables 5-7).
+
+Ground truth and predictions are generated in numpy (no TensorFlow). Every
+scenario is a street-like video (sky, road, optional static occluders such as
+poles or parked trucks, all stuff) with moving thing tracks (cars, people) drawn
+in depth order (lanes overlap in the image, so nearer tracks hide farther ones).
+Four families:
+
+- `traffic`: per lane, a stream of look-alike tracks entering through one image
+  edge and leaving through the other (ego-motion past parked cars): many tracks
+  end and many new ones start.
+- `crossing`: pairs of same-class (look-alike) tracks in one lane moving towards
+  each other; the far one is hidden by the near one for a few frames.
+- `occlusion`: static occluders 12-90 px wide that tracks pass behind: hidden for
+  0 to ~20 frames depending on width and speed.
+- `reentry`: tracks leave through an image edge, turn around out of view and come
+  back 3-15 frames later.
+
+Predictions imitate clip-kMaX output in the associater's input contract: clips of
+T frames (T = 1 online; T = 2 near-online, consecutive clips share one frame),
+predicted independently per clip, clip-local ids randomly relabelled per clip and
+constant across the clip's frames. Noise: every box edge jitters by up to
+`--jitter_px` pixels per frame and clip; a tube is missed in a whole clip with
+probability `--miss_rate`; segments with fewer than `--min_visible_px` visible
+pixels are not detected. A missed object's visible pixels are predicted as road
+(background), not as the object it hides. Appearance: each class has a
+prototype; a track's identity is `normalise(prototype + spread * u)`
+(same-class tracks look alike: cosine ~0.9 between them); each clip observes
+`identity + noise` with the noise growing as the track gets occluded.
+
+AQ is the official one (deeplab2_vkmax.evaluation.stq.STQuality), pooled over all
+sequences of a seed, then mean +- std over seeds.
+
+Run: `python bench/association.py` (about 10 minutes on the shared 2-core
+machine; `--seeds 1 --videos_per_family 1` for a quick look, `--tables grid` for
+one table).
+"""
+
+import argparse
+import dataclasses
+import time
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from deeplab2_vkmax.association import video_associater
+from deeplab2_vkmax.evaluation import stq
+
+DIVISOR = 10000
+PERSON, CAR = 11, 13
+ROAD, OCCLUDER, SKY = 0, 8, 10
+NUM_CLASSES = 19
+FAMILIES = ('traffic', 'crossing', 'occlusion', 'reentry')
+
+
+@dataclasses.dataclass
+class Track:
+  """One ground-truth object: a rectangle moving along a piecewise-linear x(t)."""
+  track_id: int
+  semantic: int
+  top: int
+  height: int
+  width: int
+  x_at: np.ndarray  # float [num_frames], left edge per frame (may be off-image).
+  identity: np.ndarray  # float [D], unit appearance identity.
+
+  @property
+  def depth(self) -> int:  # Larger bottom row = nearer the camera = drawn later.
+    return self.top + self.height
+
+
+@dataclasses.dataclass
+class Scenario:
+  height: int
+  width: int
+  num_frames: int
+  tracks: List[Track]
+  occluders: List[Tuple[int, int, int, int]]  # (top, bottom, left, right).
+
+
+@dataclasses.dataclass
+class Options:
+  height: int = 120
+  width: int = 400
+  num_frames: int = 60
+  embedding_dim: int = 64
+  identity_spread: float = 0.3
+  appearance_noise: float = 0.25
+  jitter_px: int = 1
+  miss_rate: float = 0.02
+  min_visible_px: int = 40
+
+
+# Scenario generation ---------------------------------------------------------
+
+
+def _identity(prototype: np.ndarray, spread: float, rng) -> np.ndarray:
+  u = rng.normal(size=prototype.shape)
+  v = prototype + spread * u / np.linalg.norm(u)
+  return v / np.linalg.norm(v)
+
+
+def _object_size(semantic: int, rng) -> Tuple[int, int]:
+  if semantic == CAR:
+    return int(rng.integers(18, 30)), int(rng.integers(36, 60))
+  return int(rng.integers(26, 40)), int(rng.integers(10, 16))
+
+
+def make_scenario(family: str, options: Options, prototypes: Dict[int, np.ndarray],
+                  rng) -> Scenario:
+  """One synthetic video of the given family."""
+  h, w, n = options.height, options.width, options.num_frames
+  t = np.arange(n, dtype=np.float64)
+  tracks: List[Track] = []
+  occluders = []
+
+  def add(semantic, top, size, x_at):
+    tracks.append(Track(len(tracks) + 1, semantic, int(top), size[0], size[1],
+                        x_at, _identity(prototypes[semantic],
+                                        options.identity_spread, rng)))
+
+  lanes = np.linspace(h * 0.35, h * 0.75, 5).astype(int)  # top rows of lanes
+  if family == 'traffic':
+    # KITTI-like streams: each lane carries a queue of look-alike tracks that
+    # enter through one image edge and leave through the other (ego-motion past
+    # parked cars), so many tracks die and many new ones appear.
+    for lane in lanes:
+      semantic = CAR if rng.random() < 0.6 else PERSON
+      speed = rng.uniform(2.0, 6.0)
+      direction = rng.choice([-1, 1])
+      entry = -w / speed  # the first tracks are already in view at frame 0.
+      while entry < n:
+        size = _object_size(semantic, rng)
+        edge = -size[1] if direction > 0 else w
+        add(semantic, lane + rng.integers(-2, 3), size,
+            edge + direction * speed * (t - entry))
+        entry += (size[1] + rng.uniform(10, 80)) / speed
+  elif family == 'crossing':
+    for lane in lanes:
+      semantic = CAR if rng.random() < 0.6 else PERSON
+      meet_frame = rng.uniform(0.2 * n, 0.8 * n)
+      meet_x = rng.uniform(0.2 * w, 0.8 * w)
+      for direction, depth_offset in ((1, 0), (-1, 3)):
+        size = _object_size(semantic, rng)
+        speed = direction * rng.uniform(1.5, 4.0)
+        add(semantic, lane + depth_offset, size, meet_x + speed * (t - meet_frame))
+  elif family == 'occlusion':
+    for left in np.sort(rng.choice(np.arange(40, w - 100, 10), 3, replace=False)):
+      width = int(rng.integers(12, 90))
+      occluders.append((int(h * 0.2), h, int(left), int(left) + width))
+    for lane in lanes:
+      for _ in range(2):
+        semantic = CAR if rng.random() < 0.6 else PERSON
+        size = _object_size(semantic, rng)
+        speed = rng.uniform(1.0, 5.0) * rng.choice([-1, 1])
+        start = rng.uniform(0, w - size[1])
+        add(semantic, lane + rng.integers(-2, 3), size, start + speed * t)
+  elif family == 'reentry':
+    for lane in lanes:
+      for _ in range(2):
+        semantic = CAR if rng.random() < 0.6 else PERSON
+        size = _object_size(semantic, rng)
+        speed = rng.uniform(2.0, 5.0)
+        direction = rng.choice([-1, 1])
+        start = rng.uniform(0.2 * w, 0.8 * w)
+        # Out of view after it crosses the edge; turns around `away` frames later.
+        edge = w if direction > 0 else -size[1]
+        exit_frame = (edge - start) / (direction * speed)
+        turn = exit_frame + rng.uniform(1.5, 7.5)  # back in view 3-15 frames later
+        x_at = np.where(t < turn, start + direction * speed * t,
+                        start + direction * speed * (2 * turn - t))
+        add(semantic, lane + rng.integers(-2, 3), size, x_at)
+  else:
+    raise ValueError(f'family must be one of {FAMILIES}; received {family!r}.')
+  return Scenario(h, w, n, tracks, occluders)
+
+
+def _background(scenario: Scenario) -> np.ndarray:
+  frame = np.full((scenario.height, scenario.width), ROAD * DIVISOR, dtype=np.int32)
+  frame[: scenario.height // 3] = SKY * DIVISOR
+  return frame
+
+
+def _paint_occluders(frame: np.ndarray, scenario: Scenario) -> None:
+  for top, bottom, left, right in scenario.occluders:
+    frame[top:bottom, left:right] = OCCLUDER * DIVISOR
+
+
+def _paint(frame: np.ndarray, top, bottom, left, right, value) -> None:
+  h, w = frame.shape
+  top, bottom = max(int(top), 0), min(int(bottom), h)
+  left, right = max(int(round(left)), 0), min(int(round(right)), w)
+  if top < bottom and left < right:
+    frame[top:bottom, left:right] = value
+
+
+def render_ground_truth(scenario: Scenario) -> np.ndarray:
+  """int32 [F, H, W] ground-truth panoptic video (track id = instance)."""
+  order = sorted(scenario.tracks, key=lambda tr: tr.depth)
+  frames = np.empty((scenario.num_frames, scenario.height, scenario.width), np.int32)
+  for f in range(scenario.num_frames):
+    frame = _background(scenario)
+    for tr in order:
+      x = tr.x_at[f]
+      _paint(frame, tr.top, tr.top + tr.height, x, x + tr.width,
+             tr.semantic * DIVISOR + tr.track_id)
+    _paint_occluders(frame, scenario)
+    frames[f] = frame
+  return frames
+
+
+def predict_clips(scenario: Scenario, ground_truth: np.ndarray, clip_length: int,
+                  options: Options, rng):
+  """Noisy per-clip predictions in the associater's input contract.
+
+  Returns:
+    list of (panoptic int32 [T, H, W], {panoptic id: embedding [D]}).
+  """
+  stride = max(clip_length - 1, 1)
+  gt_ids = ground_truth % DIVISOR
+  is_thing = np.isin(ground_truth // DIVISOR, (PERSON, CAR))
+  visible = np.zeros((scenario.num_frames, len(scenario.tracks) + 1), np.int64)
+  for f in range(scenario.num_frames):
+    visible[f] = np.bincount(gt_ids[f][is_thing[f]], minlength=len(visible[f]))
+  full_area = np.array([0] + [tr.height * tr.width for tr in scenario.tracks])
+  order = sorted(scenario.tracks, key=lambda tr: tr.depth)
+  clips = []
+  for start in range(0, scenario.num_frames - clip_length + 1, stride):
+    frames = range(start, start + clip_length)
+    local_ids = rng.permutation(DIVISOR - 1)[:len(scenario.tracks)] + 1
+    missed = rng.random(len(scenario.tracks)) < options.miss_rate
+    panoptic = np.empty((clip_length, scenario.height, scenario.width), np.int32)
+    detected = {}  # track id -> Track
+    for k, f in enumerate(frames):
+      frame = _background(scenario)
+      for tr in order:
+        j = rng.integers(-options.jitter_px, options.jitter_px + 1, 4)
+        x = tr.x_at[f]
+        hidden = visible[f, tr.track_id] < options.min_visible_px
+        if missed[tr.track_id - 1] or hidden:
+          # A missed object's visible pixels become background: a segmenter
+          # labels what it sees, it does not reveal the object behind.
+          value = ROAD * DIVISOR
+        else:
+          value = tr.semantic * DIVISOR + local_ids[tr.track_id - 1]
+          detected[tr.track_id] = tr
+        _paint(frame, tr.top + j[0], tr.top + tr.height + j[1], x + j[2],
+               x + tr.width + j[3], value)
+      _paint_occluders(frame, scenario)
+      panoptic[k] = frame
+    embeddings = {}
+    for tr in detected.values():
+      visible_fraction = (visible[list(frames), tr.track_id].max()
+                          / full_area[tr.track_id])
+      sigma = options.appearance_noise * (2.0 - min(visible_fraction, 1.0))
+      noise = rng.normal(size=tr.identity.shape) / np.sqrt(tr.identity.size)
+      embeddings[tr.semantic * DIVISOR + int(local_ids[tr.track_id - 1])] = (
+          tr.identity + sigma * noise)
+    clips.append((panoptic, embeddings))
+  return clips
+
+
+# Evaluation ------------------------------------------------------------------
+
+VARIANTS = {
+    # name: (clip_length, use_stitching, memory_type)
+    'online, no association': (1, False, 'none'),
+    'online, naive-MB': (1, False, 'naive'),
+    'online, HiLA-MB': (1, False, 'hila'),
+    'near-online, stitching only': (2, True, 'none'),
+    'near-online, naive-MB': (2, False, 'naive'),
+    'near-online, stitching + naive-MB': (2, True, 'naive'),
+    'near-online, HiLA-MB w/o stitching': (2, False, 'hila'),
+    'near-online, full HiLA-MB': (2, True, 'hila'),
+}
+TAUS = (1, 3, 10, 20)
+ALPHAS = (0.6, 0.7, 0.8)
+
+
+def new_metric() -> stq.STQuality:
+  return stq.STQuality(NUM_CLASSES, [PERSON, CAR], 255, DIVISOR, 1 << 24)
+
+
+def run_variant(data, clip_length, use_stitching, memory_type, *, tau=10,
+                alpha=0.7, families=FAMILIES):
+  """AQ pooled over the sequences of `families`, and per-video statistics.
+
+  Args:
+    data: {family: [(ground truth [F, H, W], {T: clips})]}.
+
+  Returns:
+    (AQ, {family: AQ}, list of statistics dicts).
+  """
+  assoc = video_associater.VideoAssociater(
+      clip_length=clip_length, label_divisor=DIVISOR,
+      thing_class_ids=[PERSON, CAR], use_stitching=use_stitching,
+      memory_type=memory_type, tau=tau, alpha=alpha)
+  pooled, per_family, stats = new_metric(), {}, []
+  for family in families:
+    metric = new_metric()
+    for v, (gt, clips) in enumerate(data[family]):
+      assoc.reset()
+      frame = 0
+      for panoptic, embeddings in clips[clip_length]:
+        for out in assoc.update(panoptic, embeddings):
+          for m in (metric, pooled):
+            m.update_state(gt[frame], out, f'{family}/{v}')
+          frame += 1
+      stats.append(assoc.statistics())
+    per_family[family] = metric.result()['AQ']
+  return pooled.result()['AQ'], per_family, stats
+
+
+def make_data(seed: int, options: Options, videos_per_family: int):
+  rng = np.random.default_rng(seed)
+  prototypes = {}
+  for semantic in (PERSON, CAR):
+    p = rng.normal(size=options.embedding_dim)
+    prototypes[semantic] = p / np.linalg.norm(p)
+  data = {}
+  for family in FAMILIES:
+    data[family] = []
+    for _ in range(videos_per_family):
+      scenario = make_scenario(family, options, prototypes, rng)
+      gt = render_ground_truth(scenario)
+      clips = {t: predict_clips(scenario, gt, t, options, rng) for t in (1, 2)}
+      data[family].append((gt, clips))
+  return data
+
+
+def _mean_std(values) -> str:
+  values = np.asarray(values, dtype=np.float64) * 100
+  return f'{values.mean():.1f} +- {values.std():.1f}'
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--seeds', type=int, default=3)
+  parser.add_argument('--videos_per_family', type=int, default=2)
+  parser.add_argument('--tables', default='variants,grid,space',
+                      help='comma-separated subset of variants,grid,space')
+  for field in dataclasses.fields(Options):
+    parser.add_argument(f'--{field.name}', type=field.type, default=field.default)
+  args = parser.parse_args()
+  options = Options(**{f.name: getattr(args, f.name)
+                       for f in dataclasses.fields(Options)})
+  tic = time.time()
+  seeds = list(range(args.seeds))
+  datasets = [make_data(seed, options, args.videos_per_family) for seed in seeds]
+
+  tables = set(args.tables.split(','))
+  print(f'\nScenarios: {len(FAMILIES)} families x {args.videos_per_family} videos x '
+        f'{options.num_frames} frames ({options.height}x{options.width}), seeds '
+        f'{seeds}; {options}\n')
+  if 'variants' in tables:
+    _variant_tables(datasets)
+  if 'grid' in tables:
+    _grid_table(datasets, seeds)
+  if 'space' in tables:
+    _space_table(datasets)
+  print(f'\n({time.time() - tic:.0f} s)')
+
+
+def _variant_tables(datasets):
+  # Table 5: AQ per variant (tau = 10, alpha = 0.7, paper defaults).
+  rows = {}
+  for name, (clip_length, stitching, memory) in VARIANTS.items():
+    rows[name] = [run_variant(d, clip_length, stitching, memory) for d in datasets]
+  print('### AQ per variant (tau = 10, alpha = 0.7; mean +- std over seeds, %)\n')
+  print('| variant | AQ all | ' + ' | '.join(FAMILIES) + ' |')
+  print('| --- | --- |' + ' --- |' * len(FAMILIES))
+  for name, results in rows.items():
+    cells = [_mean_std([r[0] for r in results])]
+    cells += [_mean_std([r[1][f] for r in results]) for f in FAMILIES]
+    print(f'| {name} | ' + ' | '.join(cells) + ' |')
+
+  print('\n### Gain from location: HiLA-MB minus naive-MB, no stitching '
+        '(AQ points)\n')
+  print('| mode | all | ' + ' | '.join(FAMILIES) + ' |')
+  print('| --- | --- |' + ' --- |' * len(FAMILIES))
+  for mode in ('online', 'near-online'):
+    hila = rows[f'{mode}, HiLA-MB' + (' w/o stitching' if mode != 'online' else '')]
+    naive = rows[f'{mode}, naive-MB']
+    cells = [_mean_std([h[0] - n[0] for h, n in zip(hila, naive)])]
+    cells += [_mean_std([h[1][f] - n[1][f] for h, n in zip(hila, naive)])
+              for f in FAMILIES]
+    print(f'| {mode} | ' + ' | '.join(cells) + ' |')
+
+
+
+def _grid_table(datasets, seeds):
+  # Table 7: tau x alpha grid, near-online.
+  grid_variants = {'naive-MB': (2, False, 'naive'), 'HiLA-MB': (2, True, 'hila')}
+  print('\n### tau x alpha grid, near-online (Table 7; AQ %, mean over seeds)\n')
+  print('| memory | ' + ' | '.join(f'{tau} / {alpha}' for alpha in ALPHAS
+                                    for tau in TAUS)
+        + ' | grid mean | grid std | std without tau = 1 |')
+  print('| --- |' + ' --- |' * (len(TAUS) * len(ALPHAS) + 3))
+  for name, (clip_length, stitching, memory) in grid_variants.items():
+    grid = np.array([[[run_variant(d, clip_length, stitching, memory, tau=tau,
+                                   alpha=alpha)[0] for d in datasets]
+                      for tau in TAUS] for alpha in ALPHAS]) * 100  # [A, T, S]
+    cells = [f'{grid[a, t].mean():.1f}' for a in range(len(ALPHAS))
+             for t in range(len(TAUS))]
+    # Std over the 12 cells per seed, then averaged over seeds (the paper's
+    # table-wise std is over the cells of one run).
+    per_seed_std = grid.reshape(-1, len(seeds)).std(axis=0)
+    without_1 = grid[:, 1:].reshape(-1, len(seeds)).std(axis=0)
+    cells += [f'{grid.mean():.1f}',
+              f'{per_seed_std.mean():.2f} (per seed: '
+              + ', '.join(f'{x:.2f}' for x in per_seed_std) + ')',
+              f'{without_1.mean():.2f}']
+    print(f'| {name} | ' + ' | '.join(cells) + ' |')
+
+
+
+def _space_table(datasets):
+  # Table 6: match space M x N.
+  print('\n### Memory match space M x N per step, near-online (Table 6)\n')
+  print('| memory | tau | mean | max |')
+  print('| --- | --- | --- | --- |')
+  for name, (clip_length, stitching, memory), taus in (
+      ('naive-MB (all pairs)', (2, False, 'naive'), (1000, 1, 10)),
+      ('HiLA-MB (hierarchical)', (2, True, 'hila'), (1000, 1, 10))):
+    for tau in taus:
+      stats = [s for d in datasets
+               for s in run_variant(d, clip_length, stitching, memory, tau=tau)[2]]
+      steps = np.array([s['num_clips'] for s in stats], dtype=np.float64)
+      means = np.array([s['match_space_size_mean'] for s in stats])
+      mean = np.sum(means * steps) / steps.sum()
+      peak = max(s['match_space_size_max'] for s in stats)
+      print(f'| {name} | {tau} | {mean:.1f} | {peak:.0f} |')
+
+
+if __name__ == '__main__':
+  main()
