@@ -25,6 +25,8 @@ from typing import Any, Dict, Iterable, Sequence, Tuple
 
 import numpy as np
 
+from deeplab2_vkmax.evaluation import metric_checks
+
 # Key multiplier of (gt id, pred id) pairs; panoptic ids must stay below it.
 PAIR_OFFSET = 2 ** 32
 # Above this id value the per-frame compaction sorts (np.unique) instead of bincount.
@@ -109,16 +111,10 @@ class SegmentMatcher:
     Raises:
       ValueError: inconsistent arguments.
     """
-    if num_classes < 1:
-      raise ValueError(f'num_classes must be >= 1; received {num_classes}.')
-    if label_divisor < 1:
-      raise ValueError(f'label_divisor must be >= 1; received {label_divisor}.')
+    metric_checks.check_panoptic_arguments(num_classes, things_list, label_divisor)
     if 0 <= ignore_label < num_classes:
       raise ValueError(f'ignore_label must be outside [0, {num_classes}); received '
                        f'{ignore_label}.')
-    bad = [c for c in things_list if not 0 <= c < num_classes]
-    if bad:
-      raise ValueError(f'things_list entries must be in [0, {num_classes}); received {bad}.')
     self.num_classes = int(num_classes)
     self.things_list = tuple(sorted(set(int(c) for c in things_list)))
     self.ignore_label = int(ignore_label)

@@ -32,6 +32,8 @@ from typing import Any, Dict, Hashable, Iterable, Optional, Sequence
 
 import numpy as np
 
+from deeplab2_vkmax.evaluation import metric_checks
+
 _EPSILON = 1e-15
 
 
@@ -112,17 +114,10 @@ class STQuality:
     Raises:
       ValueError: inconsistent arguments.
     """
-    if num_classes < 1:
-      raise ValueError(f'num_classes must be >= 1; received {num_classes}.')
-    if label_divisor < 1:
-      raise ValueError(f'label_divisor must be >= 1; received {label_divisor}.')
+    metric_checks.check_panoptic_arguments(num_classes, things_list, label_divisor)
     if offset < num_classes * label_divisor:
       raise ValueError(f'offset must be >= num_classes * label_divisor = '
                        f'{num_classes * label_divisor}; received {offset}.')
-    bad = [c for c in things_list if not 0 <= c < num_classes]
-    if bad:
-      raise ValueError(f'things_list entries must be in [0, {num_classes}); '
-                       f'received {bad}.')
     self._num_classes = int(num_classes)
     self._things_list = np.asarray(sorted(set(things_list)), dtype=np.int64)
     self._ignore_label = int(ignore_label)
