@@ -98,12 +98,12 @@ class ClipKMaXEvaluator(orbit.StandardEvaluator):
     logs = {'evaluation/step/STQ': float(result['STQ']),
             'evaluation/step/AQ': float(result['AQ']),
             'evaluation/step/SQ': float(result['IoU'])}
+    self._log_fn(format_result_table(result, step, state.num_sequences, state.num_frames))
     vpq = state.metrics.get('vpq')
     if vpq is not None:
       vpq_result = vpq.result()
       logs['evaluation/step/VPQ'] = float(vpq_result['VPQ'])
       self._log_fn(f'  {vpq.describe()}: {vpq_result["VPQ"]:.3f}')
-    self._log_fn(format_result_table(result, step, state.num_sequences, state.num_frames))
     if self._output_dir:
       os.makedirs(self._output_dir, exist_ok=True)
       report = {'step': step, 'num_sequences': state.num_sequences,
