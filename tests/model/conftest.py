@@ -1,6 +1,8 @@
 """Shared checks for tests/model: every layer's shape, modes, tf.function, config;
 DeepLab2's kMaX-R50 checkpoint keys."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -42,9 +44,9 @@ def check_layer_fixture():
 
 @pytest.fixture(name='deeplab2_r50_keys', scope='session')
 def deeplab2_r50_keys_fixture():
-  """{checkpoint key: shape list} of shared/reference/deeplab2_kmax_r50_checkpoint_keys.txt."""
-  path = (__file__.rsplit('/tests/', 1)[0] +
-          '/../shared/reference/deeplab2_kmax_r50_checkpoint_keys.txt')
+  """{checkpoint key: shape list} of DeepLab2's kMaX-R50 checkpoint (testdata copy)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'testdata',
+                      'deeplab2_kmax_r50_checkpoint_keys.txt')
   keys = {}
   with open(path) as key_file:
     for line in key_file:
