@@ -1,7 +1,7 @@
 """Mean IoU of semantic segmentation (VSPW protocol), numpy, streaming.
 
 Miao et al., "VSPW: A Large-scale Dataset for Video Scene Parsing in the Wild"
-(CVPR 2021), Sec. 5; definition as fixed in /work/shared/reference/metrics.md:
+(CVPR 2021), Sec. 5; definition as fixed in docs/evaluation.md and docs/stq.md:
 one confusion matrix over all frames; only ground-truth values in
 [0, num_classes) count; IoU_c = |g ∩ p| / |g ∪ p|; mIoU = mean over the classes
 present in the ground truth. Predictions outside [0, num_classes) land in one

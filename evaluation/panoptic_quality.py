@@ -1,7 +1,7 @@
 """Panoptic Quality (PQ) of images and the segment matching VPQ shares, numpy.
 
 Kirillov et al., "Panoptic Segmentation" (CVPR 2019), Eq. (1); the matching rule
-as fixed in /work/shared/reference/metrics.md (the official panopticapi /
+as fixed in docs/evaluation.md and docs/stq.md (the official panopticapi /
 VPQ scripts' behaviour):
 
 - a (ground-truth, predicted) segment pair matches iff same category, the GT is

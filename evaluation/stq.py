@@ -1,7 +1,7 @@
 """Segmentation and Tracking Quality (STQ), numpy, vectorised, streaming.
 
 Weber et al., "STEP: Segmenting and Tracking Every Pixel" (2021); definitions as
-fixed in /work/shared/reference/metrics.md, numbers identical to the official
+fixed in docs/evaluation.md and docs/stq.md, numbers identical to the official
 numpy script (DeepLab2 `evaluation/numpy/segmentation_and_tracking_quality.py`):
 
   STQ = sqrt(SQ * AQ)

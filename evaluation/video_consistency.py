@@ -1,7 +1,7 @@
 """Video Consistency VC_n (VSPW), numpy, streaming, memory-bounded.
 
 Miao et al., "VSPW" (CVPR 2021), Sec. 5 (temporal consistency); definition as
-fixed in /work/shared/reference/metrics.md, with the official script's loop:
+fixed in docs/evaluation.md and docs/stq.md, with the official script's loop:
 for each video and each start i in `range(len - n)` (the official loop skips
 the last window, so a video needs more than n frames), G = pixels whose GT label
 is the same in all n frames i..i+n-1, P = pixels whose prediction is the same in

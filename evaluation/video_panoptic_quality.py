@@ -2,7 +2,7 @@
 
 Kim et al., "Video Panoptic Segmentation" (CVPR 2020), Sec. 4; Miao et al.,
 "VIPSeg" (CVPR 2022), Sec. 4. Definition as fixed in
-/work/shared/reference/metrics.md (the official scripts' algorithm):
+docs/evaluation.md and docs/stq.md (the official scripts' algorithm):
 
 For each window length n (in annotated frames) and every start t = 0..T-n of
 every video (stride 1), frames t..t+n-1 are stacked; a tube is all pixels of one

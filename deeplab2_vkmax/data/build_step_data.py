@@ -1,6 +1,6 @@
 r"""Converts a KITTI-STEP style tree into DeepLab2-format TFRecords.
 
-Input layout (see /work/shared/reference/datasets.md):
+Input layout (see docs/data.md):
 
   <step_root>/images/<split>/<seq>/<frame>.png          RGB
   <step_root>/panoptic_maps/<split>/<seq>/<frame>.png   R = semantic id (255 void),

@@ -1,6 +1,6 @@
 r"""Converts VIPSeg (raw or 720p) into TFRecords the clip reader reads.
 
-Two official layouts (see /work/shared/reference/datasets.md):
+Two official layouts (see docs/data.md):
 
 raw (`--variant=raw`):
   <vipseg_root>/imgs/<video>/<frame %08d>.jpg

@@ -1,6 +1,6 @@
 r"""Converts VSPW (video semantic segmentation) into TFRecords the clip reader reads.
 
-Official layout (see /work/shared/reference/datasets.md):
+Official layout (see docs/data.md):
 
   <vspw_root>/data/<video>/origin/<frame>.jpg
   <vspw_root>/data/<video>/mask/<frame>.png     8-bit: 0 = others, 1..124 classes,

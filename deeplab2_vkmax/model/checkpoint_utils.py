@@ -3,7 +3,7 @@
 The checkpoints this reads are written as
 `tf.train.Checkpoint(global_step=..., **model.checkpoint_items)`: ours, and
 DeepLab2's kMaX-DeepLab checkpoints, whose keys our `checkpoint_items` reproduce
-name for name (`shared/reference/deeplab2_kmax_r50_checkpoint_keys.txt`).
+name for name (`tests/model/testdata/deeplab2_kmax_r50_checkpoint_keys.txt`).
 `tf.train.Checkpoint.read` alone restores whatever happens to match and ignores the
 rest, so a renamed layer silently keeps its random initialisation. Here every model
 variable must find its key with the same shape, and every stored key of a restored

@@ -7,7 +7,7 @@ Keras 3 stores a convolution kernel in the attribute `_kernel` (for LoRA), so a
 tracker that `tf.train.Checkpoint` does not follow, so its variables would be silently
 left out of checkpoints. The classes here fix both, so that
 `tf.train.Checkpoint(**model.checkpoint_items)` yields the keys listed in
-`shared/reference/deeplab2_kmax_r50_checkpoint_keys.txt`.
+`tests/model/testdata/deeplab2_kmax_r50_checkpoint_keys.txt`.
 """
 
 from typing import Sequence
