@@ -1,4 +1,4 @@
-"""Association ablations on synthetic tracking scenarios (paper Tables 5-7).
+"""Association ablations on synthetic tracking scenarios (paper Tables 5-9).
 
 Ground truth and predictions are generated in numpy (no TensorFlow). Every
 scenario is a street-like video (sky, road, optional static occluders such as
@@ -10,7 +10,8 @@ Four families:
   edge and leaving through the other (ego-motion past parked cars): many tracks
   end and many new ones start.
 - `crossing`: pairs of same-class (look-alike) tracks in one lane moving towards
-  each other; the far one is hidden by the near one for a few frames.
+  each other; the far one is partly hidden by the near one while they pass (its
+  top rows stay visible, so it is rarely fully hidden: see `--tables stats`).
 - `occlusion`: static occluders 12-90 px wide that tracks pass behind: hidden for
   0 to ~20 frames depending on width and speed.
 - `reentry`: tracks leave through an image edge, turn around out of view and come
@@ -31,9 +32,14 @@ prototype; a track's identity is `normalise(prototype + spread * u)`
 AQ is the official one (deeplab2_vkmax.evaluation.stq.STQuality), pooled over all
 sequences of a seed, then mean +- std over seeds.
 
-Run: `python bench/association.py` (about 10 minutes on the shared 2-core
-machine; `--seeds 1 --videos_per_family 1` for a quick look, `--tables grid` for
-one table).
+Tables (`--tables`, comma-separated; default all): `stats` (what the scenarios
+contain), `table5` (association features, near-online and online), `table6`
+(match space), `table7` (tau x alpha grid), `table8` (temperature T), `table9`
+(lam).
+
+Run: `python bench/association.py` (about 15 minutes on the shared 2-core
+machine; `--seeds 1 --videos_per_family 1` for a quick look, `--tables table7`
+for one table).
 """
 
 import argparse
@@ -262,19 +268,29 @@ def predict_clips(scenario: Scenario, ground_truth: np.ndarray, clip_length: int
 
 # Evaluation ------------------------------------------------------------------
 
-VARIANTS = {
-    # name: (clip_length, use_stitching, memory_type)
-    'online, no association': (1, False, 'none'),
-    'online, naive-MB': (1, False, 'naive'),
-    'online, HiLA-MB': (1, False, 'hila'),
-    'near-online, stitching only': (2, True, 'none'),
-    'near-online, naive-MB': (2, False, 'naive'),
-    'near-online, stitching + naive-MB': (2, True, 'naive'),
-    'near-online, HiLA-MB w/o stitching': (2, False, 'hila'),
-    'near-online, full HiLA-MB': (2, True, 'hila'),
+# Paper Table 5 rows: name -> (clip_length, use_stitching, memory_type).
+# memory_type: 'naive' = appearance, 'location' = location, 'hila' = both.
+TABLE5_NEAR_ONLINE = {
+    'stitching only': (2, True, 'none'),
+    'appearance only (naive-MB)': (2, False, 'naive'),
+    'location only': (2, False, 'location'),
+    'appearance + location (HiLA-MB w/o stitching)': (2, False, 'hila'),
+    'stitching + appearance': (2, True, 'naive'),
+    'stitching + location': (2, True, 'location'),
+    'stitching + appearance + location (full HiLA-MB)': (2, True, 'hila'),
 }
+TABLE5_ONLINE = {
+    'none': (1, False, 'none'),
+    'appearance (naive-MB)': (1, False, 'naive'),
+    'location': (1, False, 'location'),
+    'appearance + location (HiLA-MB)': (1, False, 'hila'),
+}
+FULL_HILA = (2, True, 'hila')
 TAUS = (1, 3, 10, 20)
 ALPHAS = (0.6, 0.7, 0.8)
+TEMPERATURES = (0.5, 1.0, 1.5)
+LAMS = (0.0, 0.5, 0.7, 0.8, 0.9, 1.0)
+TABLES = ('stats', 'table5', 'table6', 'table7', 'table8', 'table9')
 
 
 def new_metric() -> stq.STQuality:
@@ -282,11 +298,11 @@ def new_metric() -> stq.STQuality:
 
 
 def run_variant(data, clip_length, use_stitching, memory_type, *, tau=10,
-                alpha=0.7, families=FAMILIES):
+                alpha=0.7, temperature=1.0, lam=0.8, families=FAMILIES):
   """AQ pooled over the sequences of `families`, and per-video statistics.
 
   Args:
-    data: {family: [(ground truth [F, H, W], {T: clips})]}.
+    data: {family: [Video]}.
 
   Returns:
     (AQ, {family: AQ}, list of statistics dicts).
@@ -294,24 +310,33 @@ def run_variant(data, clip_length, use_stitching, memory_type, *, tau=10,
   assoc = video_associater.VideoAssociater(
       clip_length=clip_length, label_divisor=DIVISOR,
       thing_class_ids=[PERSON, CAR], use_stitching=use_stitching,
-      memory_type=memory_type, tau=tau, alpha=alpha)
+      memory_type=memory_type, tau=tau, alpha=alpha, temperature=temperature,
+      lam=lam)
   pooled, per_family, stats = new_metric(), {}, []
   for family in families:
     metric = new_metric()
-    for v, (gt, clips) in enumerate(data[family]):
+    for v, video in enumerate(data[family]):
       assoc.reset()
       frame = 0
-      for panoptic, embeddings in clips[clip_length]:
+      for panoptic, embeddings in video.clips[clip_length]:
         for out in assoc.update(panoptic, embeddings):
           for m in (metric, pooled):
-            m.update_state(gt[frame], out, f'{family}/{v}')
+            m.update_state(video.ground_truth[frame], out, f'{family}/{v}')
           frame += 1
       stats.append(assoc.statistics())
     per_family[family] = metric.result()['AQ']
   return pooled.result()['AQ'], per_family, stats
 
 
+@dataclasses.dataclass
+class Video:
+  scenario: Scenario
+  ground_truth: np.ndarray  # int32 [F, H, W]
+  clips: Dict[int, list]  # clip length -> predict_clips output
+
+
 def make_data(seed: int, options: Options, videos_per_family: int):
+  """{family: [Video]} for one seed."""
   rng = np.random.default_rng(seed)
   prototypes = {}
   for semantic in (PERSON, CAR):
@@ -324,7 +349,7 @@ def make_data(seed: int, options: Options, videos_per_family: int):
       scenario = make_scenario(family, options, prototypes, rng)
       gt = render_ground_truth(scenario)
       clips = {t: predict_clips(scenario, gt, t, options, rng) for t in (1, 2)}
-      data[family].append((gt, clips))
+      data[family].append(Video(scenario, gt, clips))
   return data
 
 
@@ -337,69 +362,159 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--seeds', type=int, default=3)
   parser.add_argument('--videos_per_family', type=int, default=2)
-  parser.add_argument('--tables', default='variants,grid,space',
-                      help='comma-separated subset of variants,grid,space')
+  parser.add_argument('--tables', default=','.join(TABLES),
+                      help=f'comma-separated subset of {",".join(TABLES)} '
+                           '(stats: scenario statistics; tableN: paper Table N)')
   for field in dataclasses.fields(Options):
     parser.add_argument(f'--{field.name}', type=field.type, default=field.default)
   args = parser.parse_args()
+  tables = args.tables.split(',')
+  unknown = sorted(set(tables) - set(TABLES))
+  if unknown:
+    parser.error(f'--tables: unknown {unknown}; valid: {",".join(TABLES)}.')
   options = Options(**{f.name: getattr(args, f.name)
                        for f in dataclasses.fields(Options)})
   tic = time.time()
   seeds = list(range(args.seeds))
   datasets = [make_data(seed, options, args.videos_per_family) for seed in seeds]
 
-  tables = set(args.tables.split(','))
   print(f'\nScenarios: {len(FAMILIES)} families x {args.videos_per_family} videos x '
         f'{options.num_frames} frames ({options.height}x{options.width}), seeds '
         f'{seeds}; {options}\n')
-  if 'variants' in tables:
-    _variant_tables(datasets)
-  if 'grid' in tables:
-    _grid_table(datasets, seeds)
-  if 'space' in tables:
-    _space_table(datasets)
+  if 'stats' in tables:
+    _scenario_statistics(datasets, options)
+  if 'table5' in tables:
+    _table5(datasets)
+  if 'table6' in tables:
+    _table6(datasets)
+  if 'table7' in tables:
+    _table7(datasets, seeds)
+  if 'table8' in tables:
+    _sweep(datasets, 'temperature', TEMPERATURES, 'Table 8: temperature T')
+  if 'table9' in tables:
+    _sweep(datasets, 'lam', LAMS, 'Table 9: moving-average weight lam')
   print(f'\n({time.time() - tic:.0f} s)')
 
 
-def _variant_tables(datasets):
-  # Table 5: AQ per variant (tau = 10, alpha = 0.7, paper defaults).
-  rows = {}
-  for name, (clip_length, stitching, memory) in VARIANTS.items():
-    rows[name] = [run_variant(d, clip_length, stitching, memory) for d in datasets]
-  print('### AQ per variant (tau = 10, alpha = 0.7; mean +- std over seeds, %)\n')
-  print('| variant | AQ all | ' + ' | '.join(FAMILIES) + ' |')
-  print('| --- | --- |' + ' --- |' * len(FAMILIES))
-  for name, results in rows.items():
-    cells = [_mean_std([r[0] for r in results])]
-    cells += [_mean_std([r[1][f] for r in results]) for f in FAMILIES]
-    print(f'| {name} | ' + ' | '.join(cells) + ' |')
+def _runs(values) -> List[int]:
+  """Lengths of the runs of True in a bool sequence."""
+  runs, length = [], 0
+  for v in list(values) + [False]:
+    if v:
+      length += 1
+    elif length:
+      runs.append(length)
+      length = 0
+  return runs
 
-  print('\n### Gain from location: HiLA-MB minus naive-MB, no stitching '
-        '(AQ points)\n')
+
+def _scenario_statistics(datasets, options):
+  """What the scenarios contain, per family, over all seeds and videos."""
+  print('### Scenario statistics (all seeds and videos)\n')
+  print('| family | tracks / video | visible things / frame (mean, max) | '
+        'gaps / track | gap frames (mean, max) | gaps >= 5 frames | '
+        'track lifetime, frames (mean) |')
+  print('| --- | --- | --- | --- | --- | --- | --- |')
+  for family in FAMILIES:
+    tracks, per_frame, gaps, lifetimes = [], [], [], []
+    for data in datasets:
+      for video in data[family]:
+        gt = video.ground_truth
+        is_thing = np.isin(gt // DIVISOR, (PERSON, CAR))
+        ids = gt % DIVISOR
+        num = len(video.scenario.tracks) + 1
+        visible = np.stack([np.bincount(ids[f][is_thing[f]], minlength=num)
+                            for f in range(len(gt))])[:, 1:]  # [F, tracks]
+        detectable = visible >= options.min_visible_px
+        tracks.append(int(detectable.any(axis=0).sum()))
+        per_frame.extend(detectable.sum(axis=1).tolist())
+        for k in range(detectable.shape[1]):
+          seen = np.nonzero(detectable[:, k])[0]
+          if not len(seen):
+            continue
+          lifetimes.append(seen[-1] - seen[0] + 1)
+          # Gaps: runs of undetectable frames between detectable ones
+          # (occluded, or out of view and back).
+          gaps.extend(_runs(~detectable[seen[0]:seen[-1] + 1, k]))
+    gaps = np.asarray(gaps)
+    print(f'| {family} | {np.mean(tracks):.1f} | {np.mean(per_frame):.1f}, '
+          f'{np.max(per_frame)} | {len(gaps) / max(sum(tracks), 1):.2f} | '
+          f'{gaps.mean() if len(gaps) else 0:.1f}, {gaps.max() if len(gaps) else 0} | '
+          f'{int((gaps >= 5).sum())} of {len(gaps)} | {np.mean(lifetimes):.0f} |')
+  # Appearance: the generator's distributions, sampled.
+  rng = np.random.default_rng(0)
+  p = rng.normal(size=options.embedding_dim)
+  p /= np.linalg.norm(p)
+  identities = np.stack([_identity(p, options.identity_spread, rng)
+                         for _ in range(200)])
+
+  def observe(identity, visible_fraction):
+    sigma = options.appearance_noise * (2.0 - visible_fraction)
+    return identity + sigma * rng.normal(size=identity.shape) / np.sqrt(identity.size)
+
+  def cos(a, b):
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+  between = [cos(identities[i], identities[i + 1]) for i in range(0, 200, 2)]
+  observed_between = [cos(observe(identities[i], 1.0), observe(identities[i + 1], 1.0))
+                      for i in range(0, 200, 2)]
+  print(f'\nAppearance: cos between two same-class tracks (identities) '
+        f'{np.mean(between):.3f}; cos between two observations of one track: '
+        + ', '.join(
+            f'{np.mean([cos(observe(x, v), observe(x, v)) for x in identities]):.3f}'
+            f' (both {v:.0%} visible)' for v in (1.0, 0.5, 0.0))
+        + '; cos between observations of two same-class tracks (fully visible) '
+        f'{np.mean(observed_between):.3f}.'
+        f' Missed tubes: {options.miss_rate:.0%} per tube per clip, plus segments '
+        f'under {options.min_visible_px} visible px.\n')
+
+
+def _table5(datasets):
+  """Paper Table 5: AQ per association feature set (tau = 10, alpha = 0.7)."""
+  rows = {}
+  for mode, variants in (('near-online', TABLE5_NEAR_ONLINE),
+                         ('online', TABLE5_ONLINE)):
+    print(f'### Table 5 ({"a" if mode == "near-online" else "b"}), {mode}: AQ '
+          f'(tau = 10, alpha = 0.7; mean +- std over seeds, %)\n')
+    print('| features | AQ all | ' + ' | '.join(FAMILIES) + ' |')
+    print('| --- | --- |' + ' --- |' * len(FAMILIES))
+    for name, (clip_length, stitching, memory) in variants.items():
+      results = [run_variant(d, clip_length, stitching, memory) for d in datasets]
+      rows[(mode, memory, stitching)] = results
+      cells = [_mean_std([r[0] for r in results])]
+      cells += [_mean_std([r[1][f] for r in results]) for f in FAMILIES]
+      print(f'| {name} | ' + ' | '.join(cells) + ' |')
+    print()
+
+  print('### Gain from adding location to appearance (HiLA-MB minus naive-MB; '
+        'AQ points, mean +- std over seeds)\n')
   print('| mode | all | ' + ' | '.join(FAMILIES) + ' |')
   print('| --- | --- |' + ' --- |' * len(FAMILIES))
-  for mode in ('online', 'near-online'):
-    hila = rows[f'{mode}, HiLA-MB' + (' w/o stitching' if mode != 'online' else '')]
-    naive = rows[f'{mode}, naive-MB']
+  for label, mode, stitching in (('online', 'online', False),
+                                 ('near-online, no stitching', 'near-online', False),
+                                 ('near-online, with stitching', 'near-online', True)):
+    hila = rows[(mode, 'hila', stitching)]
+    naive = rows[(mode, 'naive', stitching)]
     cells = [_mean_std([h[0] - n[0] for h, n in zip(hila, naive)])]
     cells += [_mean_std([h[1][f] - n[1][f] for h, n in zip(hila, naive)])
               for f in FAMILIES]
-    print(f'| {mode} | ' + ' | '.join(cells) + ' |')
+    print(f'| {label} | ' + ' | '.join(cells) + ' |')
 
 
-
-def _grid_table(datasets, seeds):
-  # Table 7: tau x alpha grid, near-online.
-  grid_variants = {'naive-MB': (2, False, 'naive'), 'HiLA-MB': (2, True, 'hila')}
-  print('\n### tau x alpha grid, near-online (Table 7; AQ %, mean over seeds)\n')
+def _table7(datasets, seeds):
+  """Paper Table 7: tau x alpha grid, near-online."""
+  grid_variants = {'naive-MB': (2, False, 'naive'), 'HiLA-MB': FULL_HILA}
+  print('\n### Table 7: tau x alpha grid, near-online (AQ %, mean over seeds)\n')
   print('| memory | ' + ' | '.join(f'{tau} / {alpha}' for alpha in ALPHAS
                                     for tau in TAUS)
         + ' | grid mean | grid std | std without tau = 1 |')
   print('| --- |' + ' --- |' * (len(TAUS) * len(ALPHAS) + 3))
+  grids = {}
   for name, (clip_length, stitching, memory) in grid_variants.items():
     grid = np.array([[[run_variant(d, clip_length, stitching, memory, tau=tau,
                                    alpha=alpha)[0] for d in datasets]
                       for tau in TAUS] for alpha in ALPHAS]) * 100  # [A, T, S]
+    grids[name] = grid
     cells = [f'{grid[a, t].mean():.1f}' for a in range(len(ALPHAS))
              for t in range(len(TAUS))]
     # Std over the 12 cells per seed, then averaged over seeds (the paper's
@@ -411,17 +526,25 @@ def _grid_table(datasets, seeds):
               + ', '.join(f'{x:.2f}' for x in per_seed_std) + ')',
               f'{without_1.mean():.2f}']
     print(f'| {name} | ' + ' | '.join(cells) + ' |')
+  # The paper's column-wise statistics (fixed tau, alpha varied) and the mean
+  # over alphas per tau: where the grid std comes from.
+  print('\nPer tau (mean over alphas and seeds / std over alphas, mean over seeds):\n')
+  print('| memory | ' + ' | '.join(f'tau = {tau}' for tau in TAUS) + ' |')
+  print('| --- |' + ' --- |' * len(TAUS))
+  for name, grid in grids.items():
+    print(f'| {name} | ' + ' | '.join(
+        f'{grid[:, t].mean():.1f} / {grid[:, t].std(axis=0).mean():.2f}'
+        for t in range(len(TAUS))) + ' |')
 
 
-
-def _space_table(datasets):
-  # Table 6: match space M x N.
-  print('\n### Memory match space M x N per step, near-online (Table 6)\n')
+def _table6(datasets):
+  """Paper Table 6: memory match space M x N, near-online."""
+  print('\n### Table 6: memory match space M x N per step, near-online\n')
   print('| memory | tau | mean | max |')
   print('| --- | --- | --- | --- |')
   for name, (clip_length, stitching, memory), taus in (
       ('naive-MB (all pairs)', (2, False, 'naive'), (1000, 1, 10)),
-      ('HiLA-MB (hierarchical)', (2, True, 'hila'), (1000, 1, 10))):
+      ('HiLA-MB (hierarchical)', FULL_HILA, (1000, 1, 10))):
     for tau in taus:
       stats = [s for d in datasets
                for s in run_variant(d, clip_length, stitching, memory, tau=tau)[2]]
@@ -430,6 +553,19 @@ def _space_table(datasets):
       mean = np.sum(means * steps) / steps.sum()
       peak = max(s['match_space_size_max'] for s in stats)
       print(f'| {name} | {tau} | {mean:.1f} | {peak:.0f} |')
+
+
+def _sweep(datasets, parameter, values, title):
+  """Paper Tables 8-9: full HiLA-MB near-online with one parameter varied."""
+  print(f'\n### {title}, full HiLA-MB near-online (tau = 10, alpha = 0.7; '
+        f'AQ %, mean +- std over seeds)\n')
+  print(f'| {parameter} | AQ all | ' + ' | '.join(FAMILIES) + ' |')
+  print('| --- | --- |' + ' --- |' * len(FAMILIES))
+  for value in values:
+    results = [run_variant(d, *FULL_HILA, **{parameter: value}) for d in datasets]
+    cells = [_mean_std([r[0] for r in results])]
+    cells += [_mean_std([r[1][f] for r in results]) for f in FAMILIES]
+    print(f'| {value} | ' + ' | '.join(cells) + ' |')
 
 
 if __name__ == '__main__':

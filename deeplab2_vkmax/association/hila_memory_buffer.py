@@ -11,11 +11,18 @@ keeps, per object, `b_hat` at the memory's current frame and the velocity
 keeps its velocity (constant-velocity prediction).
 
 Units: location advances per *frame*: a step (clip) with F new frames applies
-Eq. (4) F times, using the box of every new frame of the clip. Appearance (Eq. (3))
-and the refresh horizon `tau` advance per *step* (clip), because the model gives
-one query embedding per tube per clip (see naive_memory_buffer.py). For decoding,
-memory boxes are extrapolated to the frame of each query box:
-`b_hat_j(t_i) = b_hat_j + (t_i - t_mem) v_j`, which is Eq. (4) iterated.
+Eq. (4) F times, using the box of every new frame of the clip. The refresh horizon
+`tau` also counts frames, against each object's last seen frame (see
+naive_memory_buffer.py). Appearance (Eq. (3)) advances per *step* (clip), because
+the model gives one query embedding per tube per clip. For decoding, memory boxes
+are extrapolated to the frame of each query box (the first frame of the clip with
+the query's pixels, the shared frame included, so the box is the detection's
+observation closest in time to the memory):
+`b_hat_j(t_i) = b_hat_j + (t_i - t_mem) v_j`, which is Eq. (4) iterated
+(t_i = t_mem for a query on the shared frame).
+
+`LocationMemoryBuffer` keeps the same state and scores location only,
+`exp(-dist(b_i, b_hat_j) / T)` (paper Table 5, "location" rows).
 """
 
 from typing import Optional
@@ -43,7 +50,7 @@ class HiLAMemoryBuffer(naive_memory_buffer.NaiveMemoryBuffer):
 
     Args:
       lam: EMA weight of the new appearance feature in Eq. (3).
-      tau: memory horizon in steps (clips).
+      tau: memory horizon in frames, >= 0.
       temperature: T in Eq. (5), > 0.
       distance: 'squared_l2' (paper) or 'l2' (PyTorch release) box distance.
     """
@@ -101,7 +108,7 @@ class HiLAMemoryBuffer(naive_memory_buffer.NaiveMemoryBuffer):
         self.predicted_boxes(rows, query_frames), self.embeddings[rows],
         temperature=self.temperature, distance=self.distance)
 
-  def encode(self, *, step: int, track_ids: np.ndarray, classes: np.ndarray,
+  def encode(self, *, track_ids: np.ndarray, classes: np.ndarray,
              embeddings: np.ndarray, frame_indices: np.ndarray,
              boxes: np.ndarray, present: np.ndarray) -> None:
     """Writes one step into memory: Eq. (3) once, Eq. (4) for every new frame.
@@ -126,12 +133,13 @@ class HiLAMemoryBuffer(naive_memory_buffer.NaiveMemoryBuffer):
       raise ValueError(f'Frames must continue from frame {self.current_frame}; '
                        f'received {frame_indices.tolist()}.')
     observed = present.any(axis=0)
-    track_ids = track_ids[observed]
-    boxes, present = boxes[:, observed], present[:, observed]
     previous_size = len(self)
-    rows = self._update_appearance(step, self._rows_for(track_ids), track_ids,
-                                   np.asarray(classes)[observed],
-                                   np.asarray(embeddings, dtype=np.float64)[observed])
+    rows = self._update_appearance(
+        self._rows_for(track_ids[observed]), track_ids[observed],
+        np.asarray(classes)[observed],
+        np.asarray(embeddings, dtype=np.float64)[observed],
+        naive_memory_buffer.last_seen_frames(frame_indices, present)[observed])
+    boxes, present = boxes[:, observed], present[:, observed]
     num_new = len(self) - previous_size
     self.boxes = np.concatenate([self.boxes, np.zeros((num_new, 4))])
     self.velocities = np.concatenate([self.velocities, np.zeros((num_new, 4))])
@@ -150,3 +158,32 @@ class HiLAMemoryBuffer(naive_memory_buffer.NaiveMemoryBuffer):
       active[seen_rows] = True
     if num_frames:
       self.current_frame = int(frame_indices[-1])
+
+
+class LocationMemoryBuffer(HiLAMemoryBuffer):
+  """Location-only memory: Eq. (4) state, score `exp(-dist(b_i, b_hat_j) / T)`.
+
+  The "location" rows of paper Table 5. Embeddings are not used: pass [K, 0]
+  arrays (the associater does).
+  """
+
+  uses_appearance = False
+
+  def similarity(self, query_embeddings: Optional[np.ndarray],
+                 query_boxes: np.ndarray, query_frames: np.ndarray,
+                 rows: np.ndarray) -> np.ndarray:
+    """Location factor of Eq. (5) between current objects and memory `rows`.
+
+    Args:
+      query_embeddings: unused.
+      query_boxes: float [N, 4] normalised box of each object at `query_frames`.
+      query_frames: int [N] video frame index of each query box.
+      rows: int [M] memory rows.
+
+    Returns:
+      float64 [N, M].
+    """
+    del query_embeddings  # Location only.
+    return matching.location_similarity(
+        query_boxes, self.predicted_boxes(rows, query_frames),
+        temperature=self.temperature, distance=self.distance)

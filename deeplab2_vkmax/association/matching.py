@@ -15,8 +15,8 @@ buffers, id counter) live in `hila_memory_buffer.py`, `naive_memory_buffer.py` a
 - `overlap_scores`: IoU or dice between the segments of two label maps of the same
   frame (Video Stitching, method.md Sec. 3).
 - `mutual_best_matches`: mutual-best pairs of a score matrix above a threshold.
-- `hila_similarity` / `appearance_similarity`: Eq. (5) and its appearance-only
-  (naive-MB) special case.
+- `hila_similarity` / `appearance_similarity` / `location_similarity`: Eq. (5)
+  and its appearance-only (naive-MB) and location-only factors.
 - `hungarian_matches`: `scipy.optimize.linear_sum_assignment` on a similarity
   matrix with disallowed (cross-class) pairs excluded, pairs kept only above a
   threshold.
@@ -366,24 +366,23 @@ def appearance_similarity(query_embeddings: np.ndarray,
   return cosine_similarity(query_embeddings, memory_embeddings)
 
 
-def hila_similarity(query_boxes: np.ndarray, query_embeddings: np.ndarray,
-                    memory_boxes: np.ndarray, memory_embeddings: np.ndarray,
-                    *, temperature: float = 1.0,
-                    distance: str = 'squared_l2') -> np.ndarray:
-  """Eq. (5): `f(i, j) = exp(-dist(b_i, b_hat_j) / T) * cos(q_i, q_hat_j)`.
+def location_similarity(query_boxes: np.ndarray, memory_boxes: np.ndarray, *,
+                        temperature: float = 1.0,
+                        distance: str = 'squared_l2') -> np.ndarray:
+  """The location factor of Eq. (5): `exp(-dist(b_i, b_hat_j) / T)`.
+
+  Used alone by the location-only memory (paper Table 5, "location" rows).
 
   Args:
     query_boxes: float [N, 4] normalised boxes of the current objects.
-    query_embeddings: float [N, D].
     memory_boxes: float [M, 4] memory boxes (already predicted to the query
-      frame, or paired per query: [N, M, 4]).
-    memory_embeddings: float [M, D].
+      frame), or paired per query: [N, M, 4].
     temperature: T in Eq. (5), > 0.
     distance: 'squared_l2' (paper, `||b_i - b_hat_j||^2`) or 'l2' (the PyTorch
       release, `||b_i - b_hat_j||`).
 
   Returns:
-    float64 [N, M].
+    float64 [N, M], in (0, 1].
   """
   if distance not in BOX_DISTANCES:
     raise ValueError(f'distance must be one of {BOX_DISTANCES}; received {distance!r}.')
@@ -397,8 +396,29 @@ def hila_similarity(query_boxes: np.ndarray, query_embeddings: np.ndarray,
     difference = query_boxes[:, None, :] - memory_boxes  # [N, M, 4]
   squared = np.sum(difference * difference, axis=-1)
   dist = squared if distance == 'squared_l2' else np.sqrt(squared)
-  return np.exp(-dist / temperature) * cosine_similarity(query_embeddings,
-                                                         memory_embeddings)
+  return np.exp(-dist / temperature)
+
+
+def hila_similarity(query_boxes: np.ndarray, query_embeddings: np.ndarray,
+                    memory_boxes: np.ndarray, memory_embeddings: np.ndarray,
+                    *, temperature: float = 1.0,
+                    distance: str = 'squared_l2') -> np.ndarray:
+  """Eq. (5): `f(i, j) = exp(-dist(b_i, b_hat_j) / T) * cos(q_i, q_hat_j)`.
+
+  Args:
+    query_boxes: float [N, 4] normalised boxes of the current objects.
+    query_embeddings: float [N, D].
+    memory_boxes: float [M, 4] or [N, M, 4], see `location_similarity`.
+    memory_embeddings: float [M, D].
+    temperature: T in Eq. (5), > 0.
+    distance: 'squared_l2' (paper) or 'l2' (PyTorch release).
+
+  Returns:
+    float64 [N, M].
+  """
+  return (location_similarity(query_boxes, memory_boxes, temperature=temperature,
+                              distance=distance)
+          * cosine_similarity(query_embeddings, memory_embeddings))
 
 
 def hungarian_matches(similarity: np.ndarray, threshold: float,

@@ -11,20 +11,30 @@ video-global track ids:
    the memory objects not stitched with Eq. (5),
    `f(i, j) = exp(-dist(b_i, b_hat_j) / T) * cos(q_i, q_hat_j)`, Hungarian on the
    N x M matrix with cross-class pairs excluded, a pair accepted iff `f > alpha`
-   (matching.py). naive-MB uses `cos(q_i, q_hat_j)` only.
+   (matching.py). naive-MB uses `cos(q_i, q_hat_j)` only, the location-only
+   memory `exp(-dist / T)` only (paper Table 5 ablations).
 3. Unmatched current segments get fresh ids from the associater's own counter
    (1, 2, ...; never reused within a video).
 4. HiLA-MB encoding: every object of the step's new frames updates the memory,
    Eq. (3) once per clip, Eq. (4) once per new frame with that frame's box
-   (hila_memory_buffer.py); objects unseen for more than `tau` clips are dropped.
+   (hila_memory_buffer.py); objects last seen more than `tau` frames before a
+   detection cannot take its id, and are dropped once no detection can reach them.
 
 Frame emission: the first clip emits all T frames; every later clip emits its last
 T - 1 frames (its first frame was emitted by the previous clip). Online (T = 1): no
 stitching, every clip emits its one frame and HiLA-MB sees all its thing segments.
 
-Units: one *step* = one `update` call = one clip. `tau` counts steps; with T = 1, or
-T = 2 and a one-frame overlap (the paper's protocols) a step is exactly one new
-frame, which is how the paper's "tau frames (clips)" reads.
+Units: one *step* = one `update` call = one clip. `tau` counts video *frames*
+(paper Sec. 3.2: objects "whose last appeared frame is tau frame behind the current
+frame are removed"). The age of memory object j for current object i is
+`t_i - last_seen_frame_j`, where t_i is the first frame of the clip with i's pixels
+(near-online: the shared frame when i is present there; the clip's tubes start at
+its first frame) and last_seen_frame_j the last emitted frame with j's pixels; a
+pair is a candidate only if the age is <= tau. Consequences: online (T = 1) tau = 1
+links consecutive frames only; near-online (T = 2) tau = 1 also bridges a tube
+missed in a single clip (the object was emitted on frame k, the clip after the
+miss detects it from its shared frame k + 1). Eq. (5)'s query box is taken on the
+same frame t_i.
 
 Things: semantic class in `thing_class_ids` and instance > 0. Stuff pixels and
 thing pixels with instance 0 (crowd) pass through unchanged.
@@ -39,7 +49,7 @@ from deeplab2_vkmax.association import matching
 from deeplab2_vkmax.association import naive_memory_buffer
 from deeplab2_vkmax.association import video_stitcher
 
-MEMORY_TYPES = ('hila', 'naive', 'none')
+MEMORY_TYPES = ('hila', 'naive', 'location', 'none')
 
 
 class VideoAssociater:
@@ -66,9 +76,10 @@ class VideoAssociater:
       use_stitching: run Video Stitching (ignored when clip_length == 1).
       stitching_score: 'iou' (default, DeepLab2) or 'dice' (PyTorch release).
       stitching_threshold: stitch a pair only if its score is strictly above this.
-      memory_type: 'hila' (Eqs. (3)-(5)), 'naive' (appearance only) or 'none'.
+      memory_type: 'hila' (Eqs. (3)-(5)), 'naive' (appearance only),
+        'location' (Eq. (4) boxes only, no embeddings needed) or 'none'.
       lam: EMA weight of the new appearance feature, Eq. (3).
-      tau: memory horizon in steps (clips).
+      tau: memory horizon in frames (see the module docstring).
       alpha: accept a memory match only if its similarity is strictly above this.
       temperature: T in Eq. (5).
       distance: 'squared_l2' (paper) or 'l2' (PyTorch release) in Eq. (5).
@@ -92,6 +103,9 @@ class VideoAssociater:
     self.memory: Optional[naive_memory_buffer.NaiveMemoryBuffer]
     if memory_type == 'hila':
       self.memory = hila_memory_buffer.HiLAMemoryBuffer(
+          lam=lam, tau=tau, temperature=temperature, distance=distance)
+    elif memory_type == 'location':
+      self.memory = hila_memory_buffer.LocationMemoryBuffer(
           lam=lam, tau=tau, temperature=temperature, distance=distance)
     elif memory_type == 'naive':
       self.memory = naive_memory_buffer.NaiveMemoryBuffer(lam=lam, tau=tau)
@@ -173,6 +187,44 @@ class VideoAssociater:
     return np.stack([np.asarray(embeddings[int(i)], dtype=np.float64).reshape(-1)
                      for i in ids])
 
+  def _first_observations(self, query: np.ndarray, boxes: np.ndarray,
+                          present: np.ndarray, frame_indices: np.ndarray,
+                          shared_positions: np.ndarray, shared_segment: np.ndarray,
+                          num_segments: int, frame_shape):
+    """Frame and box of each query's first observation in the current clip.
+
+    A clip's tubes start at its first frame: in near-online mode a query with
+    pixels on the shared frame is observed there (the frame right after the one
+    where the previous clip last emitted objects), else on its first new frame.
+
+    Args:
+      query: int [N] indices into the clip's segments.
+      boxes, present: [F, K, 4] and [F, K] on the new frames.
+      frame_indices: int [F] video indices of the new frames.
+      shared_positions, shared_segment: the shared frame's thing pixels (empty
+        for the first clip and online).
+      num_segments: K.
+      frame_shape: (H, W).
+
+    Returns:
+      (frames, boxes): int64 [N] video frame indices and float64 [N, 4].
+    """
+    first = np.argmax(present[:, query], axis=0)  # [N]
+    query_frames = frame_indices[first].astype(np.int64)
+    query_boxes = boxes[first, query]
+    if len(shared_positions):
+      if self.memory.uses_location:
+        shared_boxes, shared_present = matching.boxes_from_pixels(
+            shared_positions, shared_segment, num_segments, *frame_shape)
+        shared_boxes, shared_present = shared_boxes[0], shared_present[0]
+      else:
+        shared_present = np.bincount(shared_segment, minlength=num_segments) > 0
+      on_shared = shared_present[query]  # [N]
+      query_frames[on_shared] = frame_indices[0] - 1
+      if self.memory.uses_location:
+        query_boxes[on_shared] = shared_boxes[query[on_shared]]
+    return query_frames, query_boxes
+
   def _new_track_ids(self, count: int) -> np.ndarray:
     last = self._next_track_id + count - 1
     if count and last >= self.label_divisor:
@@ -195,7 +247,7 @@ class VideoAssociater:
       panoptic: int [T, H, W] panoptic prediction of the clip, thing instance ids
         clip-local and constant across the clip's frames (tubes).
       embeddings: {panoptic id: float [D] query embedding} for the clip's thing
-        segments; required unless memory_type == 'none'.
+        segments; required unless memory_type is 'none' or 'location'.
 
     Returns:
       List of int32 [H, W] panoptic maps, `semantic * label_divisor + track_id`
@@ -227,8 +279,12 @@ class VideoAssociater:
     in_new_frames = present.any(axis=0)  # [K]
     classes = ids // self.label_divisor
     track_ids = np.zeros(len(ids), dtype=np.int64)  # 0 = not assigned yet.
-    embedding_matrix = (self._embedding_matrix(embeddings, ids[in_new_frames])
-                        if self.memory is not None else None)  # [K_new, D]
+    embedding_matrix = None  # [K_new, D]
+    if self.memory is not None:
+      if self.memory.uses_appearance:
+        embedding_matrix = self._embedding_matrix(embeddings, ids[in_new_frames])
+      else:
+        embedding_matrix = np.zeros((int(in_new_frames.sum()), 0))
 
     # 1. Video Stitching on the shared frame.
     if self.use_stitching and self.stitcher.has_previous:
@@ -239,18 +295,20 @@ class VideoAssociater:
 
     # 2. Memory decoding for what stitching left unmatched.
     if self.memory is not None:
-      self.memory.refresh(self._step)
       query = np.nonzero((track_ids == 0) & in_new_frames)[0]  # into ids, [N]
       rows = np.nonzero(~np.isin(self.memory.track_ids, track_ids))[0]  # [M]
       self._match_space.append((len(rows), len(query)))
       if len(query) and len(rows):
         row_in_matrix = np.cumsum(in_new_frames) - 1  # ids index -> matrix row.
-        first_frame = np.argmax(present[:, query], axis=0)  # [N]
-        query_boxes = boxes[first_frame, query]  # [N, 4]
+        query_frames, query_boxes = self._first_observations(
+            query, boxes, present, frame_indices, positions[:new_start],
+            segment[:new_start], len(ids), (height, width))  # [N], [N, 4]
         similarity = self.memory.similarity(
-            embedding_matrix[row_in_matrix[query]], query_boxes,
-            frame_indices[first_frame], rows)  # [N, M]
-        allowed = matching.class_agreement(classes[query], self.memory.classes[rows])
+            embedding_matrix[row_in_matrix[query]], query_boxes, query_frames,
+            rows)  # [N, M]
+        allowed = (matching.class_agreement(classes[query],
+                                            self.memory.classes[rows])
+                   & self.memory.within_horizon(query_frames, rows))
         matched_query, matched_rows = matching.hungarian_matches(
             similarity, self.alpha, allowed)
         track_ids[query[matched_query]] = self.memory.track_ids[rows[matched_rows]]
@@ -267,12 +325,17 @@ class VideoAssociater:
 
     # 4. Memory encoding with every object of the new frames.
     if self.memory is not None:
-      self.memory.encode(step=self._step, track_ids=track_ids[in_new_frames],
+      self.memory.encode(track_ids=track_ids[in_new_frames],
                          classes=classes[in_new_frames],
                          embeddings=embedding_matrix,
                          frame_indices=frame_indices,
                          boxes=boxes[:, in_new_frames],
                          present=present[:, in_new_frames])
+      # Keep only what a detection of the next clip could still take: its
+      # first frame is the last emitted one (near-online) or the next (online).
+      next_clip_first_frame = (self._next_frame + num_new
+                               - (1 if self.clip_length > 1 else 0))
+      self.memory.refresh(next_clip_first_frame)
       self._stats['memory_size_max'] = max(self._stats['memory_size_max'],
                                            len(self.memory))
     if self.use_stitching:

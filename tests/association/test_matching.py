@@ -75,6 +75,20 @@ def test_hila_similarity_eq5():
   np.testing.assert_allclose(got[0, 0], np.exp(-np.sqrt(d2) / 0.5) / np.sqrt(2))
 
 
+def test_location_similarity_is_the_box_factor_of_eq5():
+  qb = np.array([[0.1, 0.1, 0.3, 0.4], [0.0, 0.0, 1.0, 1.0]])
+  mb = np.array([[0.2, 0.1, 0.3, 0.2], [0.1, 0.1, 0.3, 0.4]])
+  d2 = 0.1 ** 2 + 0.2 ** 2
+  got = matching.location_similarity(qb, mb, temperature=2.0)
+  np.testing.assert_allclose(got[0], [np.exp(-d2 / 2.0), 1.0], atol=1e-12)
+  far = 0.1 ** 2 + 0.1 ** 2 + 0.7 ** 2 + 0.6 ** 2  # box 2 vs memory box 1.
+  np.testing.assert_allclose(got[1, 1], np.exp(-far / 2.0))
+  with pytest.raises(ValueError, match='temperature must be > 0; received 0'):
+    matching.location_similarity(qb, mb, temperature=0)
+  with pytest.raises(ValueError, match="received 'l1'"):
+    matching.location_similarity(qb, mb, distance='l1')
+
+
 @pytest.mark.parametrize('thing_class_ids', [[11, 13], list(range(2, 40, 2))])
 def test_thing_pixels_matches_a_dense_reference(thing_class_ids):
   # Two runs of thing classes (range comparisons) and 19 runs (class lookup).

@@ -117,6 +117,85 @@ def test_return_exactly_at_horizon_and_after(clip_length):
   assert ids[-1] % DIVISOR > ids[0] % DIVISOR  # fresh, larger id.
 
 
+def _clips_with_missed_tube(missed_clips, clip_length=2, num_clips=10):
+  """A car moving right, detected in every clip except `missed_clips`.
+
+  Returns:
+    list of (panoptic [T, 20, 60], embeddings) and the car box per video frame.
+  """
+  stride = max(clip_length - 1, 1)
+  box_at = lambda t: (5, 12, 2 + 2 * t, 12 + 2 * t)
+  clips = []
+  for c in range(num_clips):
+    clip = np.full((clip_length, 20, 60), ROAD * DIVISOR, dtype=np.int32)
+    if c not in missed_clips:
+      for k in range(clip_length):
+        y0, y1, x0, x1 = box_at(c * stride + k)
+        clip[k, y0:y1, x0:x1] = CAR * DIVISOR + 3 + c % 2  # clip-local id.
+    clips.append((clip, {CAR * DIVISOR + 3 + c % 2: _unit(0)}))
+  return clips, box_at
+
+
+@pytest.mark.parametrize('memory_type', ['hila', 'naive', 'location'])
+def test_near_online_tau_one_bridges_one_missed_clip(memory_type):
+  # Clip 4 (frames 4-5) misses the car: frame 4 was emitted by clip 3 with the
+  # car, frame 5 without it; clip 5 detects it again from its shared frame 5,
+  # one frame after it was last seen, so tau = 1 keeps the id.
+  clips, box_at = _clips_with_missed_tube({4})
+  assoc = video_associater.VideoAssociater(
+      clip_length=2, label_divisor=DIVISOR, thing_class_ids=THINGS, tau=1,
+      memory_type=memory_type)
+  outputs = [o for clip, emb in clips for o in assoc.update(clip, emb)]
+  ids = [track_of(o, box_at(t)) for t, o in enumerate(outputs)]
+  assert ids[5] == ROAD * DIVISOR  # the missed frame.
+  assert len(set(ids[:5] + ids[6:])) == 1
+  assert assoc.statistics()['reidentifications'] == 1
+
+
+@pytest.mark.parametrize('clip_length,missed', [(2, {4, 5}), (1, {4})])
+def test_tau_one_does_not_bridge_a_two_frame_gap(clip_length, missed):
+  # Near-online, two missed clips: last seen on frame 4, back on shared frame 6.
+  # Online, one missed frame: last seen on frame 3, back on frame 5.
+  clips, box_at = _clips_with_missed_tube(missed, clip_length)
+  assoc = video_associater.VideoAssociater(
+      clip_length=clip_length, label_divisor=DIVISOR, thing_class_ids=THINGS,
+      tau=1)
+  outputs = [o for clip, emb in clips for o in assoc.update(clip, emb)]
+  ids = [track_of(o, box_at(t)) for t, o in enumerate(outputs)]
+  gap = max(missed) + 1 if clip_length == 2 else max(missed)
+  assert len(set(ids[:min(missed)])) == 1
+  assert len(set(ids[gap + 1:])) == 1
+  assert ids[0] != ids[-1]
+
+
+def test_query_box_taken_on_the_shared_frame():
+  # Clip 4 misses a parked car; clip 5 sees it on its shared frame 5 where it
+  # was, then (a bad mask) far away on frame 6. Eq. (5) must use the frame-5
+  # box, the observation next to the memory's: f = 1 there, ~0.3 on frame 6.
+  box, far = (5, 12, 2, 12), (5, 12, 48, 58)
+  assoc = video_associater.VideoAssociater(
+      clip_length=2, label_divisor=DIVISOR, thing_class_ids=THINGS, tau=10)
+  outputs = []
+  for c in range(6):
+    clip = np.full((2, 20, 60), ROAD * DIVISOR, dtype=np.int32)
+    if c != 4:
+      for k, (y0, y1, x0, x1) in enumerate((box, far if c == 5 else box)):
+        clip[k, y0:y1, x0:x1] = CAR * DIVISOR + 1
+    outputs.extend(assoc.update(clip, {CAR * DIVISOR + 1: _unit(0)}))
+  assert track_of(outputs[6], far) == track_of(outputs[4], box)
+  assert assoc.statistics()['ids_created'] == 1
+
+
+def test_location_memory_needs_no_embeddings():
+  clips, box_at = _clips_with_missed_tube({4})
+  assoc = video_associater.VideoAssociater(
+      clip_length=2, label_divisor=DIVISOR, thing_class_ids=THINGS, tau=1,
+      memory_type='location', use_stitching=False)
+  outputs = [o for clip, _ in clips for o in assoc.update(clip)]
+  ids = {track_of(o, box_at(t)) for t, o in enumerate(outputs) if t != 5}
+  assert len(ids) == 1
+
+
 @pytest.mark.parametrize('clip_length', [1, 2])
 def test_crossing_look_alikes_keep_ids(clip_length):
   """Identical embeddings, crossing behind an occluder: location decides."""
@@ -181,7 +260,7 @@ def test_ids_never_reused_and_respect_horizon():
   for t, o in enumerate(outputs):
     for tid in np.unique(o[o // DIVISOR == CAR]) % DIVISOR:
       if tid in last_seen:
-        assert t - last_seen[tid] <= tau + 1, 'id came back after the horizon'
+        assert t - last_seen[tid] <= tau, 'id came back after the horizon'
       first_seen.setdefault(tid, t)
       last_seen[tid] = t
   order = sorted(first_seen, key=lambda k: (first_seen[k], k))
@@ -189,27 +268,33 @@ def test_ids_never_reused_and_respect_horizon():
   assert min(order) == 1
 
 
-def test_memory_bounded_on_long_stream():
+@pytest.mark.parametrize('clip_length', [1, 2])
+def test_memory_bounded_on_long_stream(clip_length):
   tau = 5
   assoc = video_associater.VideoAssociater(
-      clip_length=2, label_divisor=1 << 16, thing_class_ids=THINGS, tau=tau)
+      clip_length=clip_length, label_divisor=1 << 16, thing_class_ids=THINGS,
+      tau=tau)
   rng = np.random.default_rng(0)
   embeddings = rng.normal(size=(4, 8))
-  clip = np.zeros((2, 4, 4), dtype=np.int32)
+  clip = np.zeros((clip_length, 4, 4), dtype=np.int32)
   emitted = 0
+  # Memory keeps what the next clip could still match: objects last seen within
+  # tau frames of its first frame. Online that frame is new (objects of the last
+  # tau frames); near-online it is the last emitted frame (tau + 1 frames).
+  bound = tau if clip_length == 1 else tau + 1
   for step in range(10_000):
     # A new object every step: absent from the shared frame (no stitching), random
     # appearance (memory matches are rare), so the memory fills up to the horizon.
     clip[:] = 0
-    clip[1, :2, :2] = CAR * (1 << 16) + 1
+    clip[-1, :2, :2] = CAR * (1 << 16) + 1
     emitted += len(assoc.update(
         clip, {CAR * (1 << 16) + 1: embeddings[step % 4] + rng.normal(size=8) * 5}))
-    assert len(assoc.memory) <= tau + 1
+    assert len(assoc.memory) <= bound
   stats = assoc.statistics()
-  assert emitted == 10_001
-  assert stats['memory_size_max'] == tau + 1
+  assert emitted == 10_000 + (clip_length - 1)
+  assert stats['memory_size_max'] == bound
   assert stats['ids_created'] > 5_000
-  assert stats['num_frames'] == 10_001
+  assert stats['num_frames'] == emitted
 
 
 @pytest.mark.parametrize('clip_length,num_frames', [(1, 7), (2, 7), (3, 9), (4, 10)])
