@@ -8,6 +8,7 @@ Each configuration runs in its own subprocess so that the peak resident set size
   python bench/model_forward.py                      # R50, 385x1249, T = 1, 2, 4
   python bench/model_forward.py --frames=1,2 --repeats=5
   python bench/model_forward.py --tiny_train         # tiny model forward + backward
+  python bench/model_forward.py --backbone=axial_resnet50 --frames=1
 
 Prints one markdown table row per configuration: seconds per call and per frame
 (median of `--repeats` calls after one warm-up call), resident memory after the
@@ -40,7 +41,8 @@ def _child(args) -> dict:
     model = clip_kmax.ClipKMaX(**clip_kmax.tiny_model_kwargs(num_classes=3))
     shape = [2, args.frames, 65, 129, 3]
   else:
-    model = clip_kmax.ClipKMaX(num_classes=args.num_classes)
+    model = clip_kmax.ClipKMaX(num_classes=args.num_classes,
+                               backbone_name=args.backbone)
     shape = [1, args.frames, args.height, args.width, 3]
   clip = tf.random.uniform(shape, maxval=255.0)
   model.build(shape)
@@ -84,6 +86,8 @@ def main():
   parser.add_argument('--width', type=int, default=1249)
   parser.add_argument('--num_classes', type=int, default=19)
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--backbone', default='resnet50',
+                      help='ClipKMaX backbone_name (a key of clip_kmax.ENCODERS)')
   parser.add_argument('--tiny_train', action='store_true',
                       help='tiny model, [2, T, 65, 129, 3], forward + backward')
   parser.add_argument('--_child', action='store_true', help=argparse.SUPPRESS)
@@ -100,7 +104,8 @@ def main():
   for frames in args.frames.split(','):
     command = [sys.executable, __file__, '--_child', f'--frames={frames}',
                f'--height={args.height}', f'--width={args.width}',
-               f'--num_classes={args.num_classes}', f'--repeats={args.repeats}']
+               f'--num_classes={args.num_classes}', f'--repeats={args.repeats}',
+               f'--backbone={args.backbone}']
     if args.tiny_train:
       command.append('--tiny_train')
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
@@ -109,7 +114,7 @@ def main():
       sys.exit(f'T = {frames} failed:\n{run.stderr[-3000:]}')
     result = json.loads(run.stdout.strip().splitlines()[-1])
     name = ('tiny, fwd + bwd' if args.tiny_train
-            else f'R50 ({result["parameters"]:,} params), fwd')
+            else f'{args.backbone} ({result["parameters"]:,} params), fwd')
     print(f'| {name} | {result["shape"]} | {result["clip_s"]:.3f} | '
           f'{result["frame_s"]:.3f} | {result["rss_weights_gib"]:.2f} | '
           f'{result["peak_rss_gib"]:.2f} |', flush=True)

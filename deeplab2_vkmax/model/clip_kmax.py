@@ -21,6 +21,7 @@ from deeplab2_vkmax.model.layers import checkpoint_naming
 from deeplab2_vkmax.model.layers import conv_bn_act
 from deeplab2_vkmax.model.layers import resize
 from deeplab2_vkmax.model.pixel_decoder import kmax_pixel_decoder
+from deeplab2_vkmax.model.pixel_encoder import axial_resnet
 from deeplab2_vkmax.model.pixel_encoder import convnext
 from deeplab2_vkmax.model.pixel_encoder import resnet
 from deeplab2_vkmax.model.transformer_decoder import kmax_transformer_decoder
@@ -34,6 +35,25 @@ def _resnet50(width_multiplier: float, block_counts: Optional[Sequence[int]],
   return resnet.ResNet(width_multiplier=width_multiplier,
                        block_counts=block_counts or (3, 4, 6, 3),
                        drop_path_keep_prob=drop_path_keep_prob, name='encoder', **bn)
+
+
+def _resnet50_keras(width_multiplier: float,
+                    block_counts: Optional[Sequence[int]],
+                    drop_path_keep_prob: float,
+                    bn: Dict[str, Any]) -> keras.layers.Layer:
+  return resnet.ResNet(width_multiplier=width_multiplier,
+                       block_counts=block_counts or (3, 4, 6, 3), layout='keras',
+                       drop_path_keep_prob=drop_path_keep_prob, name='encoder', **bn)
+
+
+def _axial_resnet50(width_multiplier: float,
+                    block_counts: Optional[Sequence[int]],
+                    drop_path_keep_prob: float,
+                    bn: Dict[str, Any]) -> keras.layers.Layer:
+  return axial_resnet.AxialResNet(width_multiplier=width_multiplier,
+                                  block_counts=block_counts or (3, 4, 6, 3),
+                                  drop_path_keep_prob=drop_path_keep_prob,
+                                  name='encoder', **bn)
 
 
 def _convnext(variant: str) -> Callable[..., keras.layers.Layer]:
@@ -50,10 +70,16 @@ def _convnext(variant: str) -> Callable[..., keras.layers.Layer]:
 # for the backbone's own, drop-path keep probability, BN options).
 ENCODERS: Dict[str, Callable[..., keras.layers.Layer]] = {
     'resnet50': _resnet50,
+    # The same variables in Keras Applications' ResNet50 layout (max pool,
+    # stride on the 1x1 conv), for its ImageNet weights; see resnet.py.
+    'resnet50_keras': _resnet50_keras,
+    # DeepLab2's name for Axial-ResNet-50 (the MaX-DeepLab-S backbone), the
+    # paper's "Axial-ResNet50-B1".
+    'axial_resnet50': _axial_resnet50,
     **{name: _convnext(name) for name in convnext.VARIANTS},
 }
 # Encoders with an OS2 endpoint ('stage1'), needed by decoder_output_stride 2.
-_ENCODERS_WITH_OS2 = ('resnet50',)
+_ENCODERS_WITH_OS2 = ('resnet50', 'resnet50_keras', 'axial_resnet50')
 
 
 def tiny_model_kwargs(num_classes: int = 3) -> Dict[str, Any]:
@@ -91,7 +117,10 @@ class ClipKMaX(keras.Model):
   Args:
     num_classes: real classes C (class logits have C + 1, void last).
     num_mask_slots: cluster centres N.
-    backbone_name: a key of `ENCODERS`: 'resnet50' (kMaX variant),
+    backbone_name: a key of `ENCODERS`: 'resnet50' (DeepLab2's kMaX variant),
+      'resnet50_keras' (same variables, Keras ResNet50 layout, for Keras
+      ImageNet weights), 'axial_resnet50' (Axial-ResNet-50, the paper's
+      Axial-ResNet50-B1),
       'convnext_tiny', 'convnext_small', 'convnext_base', 'convnext_large'.
     backbone_width_multiplier: encoder width multiplier.
     backbone_block_counts: encoder blocks per stage 2..5; None for the
@@ -127,6 +156,8 @@ class ClipKMaX(keras.Model):
     auxiliary_low_level: ((endpoint, channels), ...) of the semantic decoder.
     aspp_channels: ASPP channels.
     atrous_rates: ASPP atrous rates.
+    aspp_dropout_rate: dropout after the ASPP projection, training only
+      (DeepLab2: 0.1; 0 makes training deterministic given the data).
     semantic_decoder_channels: channels after the semantic fusion convs.
     semantic_head_channels: semantic head conv channels.
     void_prior_prob: initial P(void) of every class head.
@@ -162,6 +193,7 @@ class ClipKMaX(keras.Model):
                    ('res3', 64), ('res2', 32)),
                aspp_channels: int = 256,
                atrous_rates: Sequence[int] = (6, 12, 18),
+               aspp_dropout_rate: float = 0.1,
                semantic_decoder_channels: int = 256,
                semantic_head_channels: int = 256,
                void_prior_prob: float = 0.9, mask_bn_gamma_init: float = 0.1,
@@ -224,6 +256,7 @@ class ClipKMaX(keras.Model):
         (str(k), int(c)) for k, c in auxiliary_low_level)
     self.aspp_channels = aspp_channels
     self.atrous_rates = tuple(atrous_rates)
+    self.aspp_dropout_rate = aspp_dropout_rate
     self.semantic_decoder_channels = semantic_decoder_channels
     self.semantic_head_channels = semantic_head_channels
     self.void_prior_prob = void_prior_prob
@@ -273,6 +306,7 @@ class ClipKMaX(keras.Model):
     if use_auxiliary_semantic_decoder:
       self._semantic_decoder = semantic_decoder.KMaXSemanticDecoder(
           aspp_channels=aspp_channels, atrous_rates=atrous_rates,
+          aspp_dropout_rate=aspp_dropout_rate,
           low_level=self.auxiliary_low_level,
           decoder_channels=semantic_decoder_channels,
           name='semantic_decoder', **bn)
@@ -280,8 +314,10 @@ class ClipKMaX(keras.Model):
       self._semantic_head_without_last_layer = conv_bn_act.SeparableConvBlock(
           filters=semantic_head_channels, kernel_size=5, activation='gelu',
           name='semantic_head_without_last_layer', **bn)
+      # DeepLab2's PanopticDeepLabSingleHead final_conv init.
       self._semantic_last_layer = checkpoint_naming.Conv2D(
-          num_classes, 1, use_bias=True, kernel_initializer='he_normal',
+          num_classes, 1, use_bias=True,
+          kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.01),
           name='semantic_last_layer')
 
   @property
@@ -343,7 +379,8 @@ class ClipKMaX(keras.Model):
       training: training mode (BN statistics, drop path).
 
     Returns:
-      A dict (h, w = ceil(H/os), ceil(W/os) for the decoder output stride os):
+      A dict of float32 tensors, whatever the dtype policy (h, w =
+      ceil(H/os), ceil(W/os) for the decoder output stride os):
         PRED_PIXEL_SPACE_MASK_LOGITS [B, T, h, w, N] (tubes),
         PRED_TRANSFORMER_CLASS_LOGITS [B, N, C + 1] (void last),
         PRED_PIXEL_SPACE_NORMALIZED_FEATURE [B, T, h, w, D],
@@ -353,7 +390,8 @@ class ClipKMaX(keras.Model):
           PRED_PIXEL_SPACE_MASK_LOGITS [B, T, h, w, N] (resized per frame) and
           PRED_TRANSFORMER_CLASS_LOGITS [B, N, C + 1].
     """
-    images = tf.convert_to_tensor(images, tf.float32)
+    # Mixed policies autocast the input to bfloat16/float16: normalise in float32.
+    images = tf.cast(images, tf.float32)
     if images.shape.rank != 5:
       raise ValueError(f'images must be [B, T, H, W, 3], got {images.shape}.')
     shape = tf.shape(images)
@@ -415,7 +453,10 @@ class ClipKMaX(keras.Model):
           not self.use_auxiliary_semantic_decoder):
         semantic = resize.resize_bilinear(semantic, [out_height, out_width])
       outputs[common.PRED_SEMANTIC_LOGITS] = to_tubes(semantic)
-    return outputs
+    # Under a mixed-precision policy the layers compute in bfloat16/float16;
+    # logits and features leave the model in float32 for the losses, the
+    # matcher and the post-processor.
+    return tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), outputs)
 
   def get_config(self):
     config = super().get_config()
@@ -451,6 +492,7 @@ class ClipKMaX(keras.Model):
         'auxiliary_low_level': [list(p) for p in self.auxiliary_low_level],
         'aspp_channels': self.aspp_channels,
         'atrous_rates': list(self.atrous_rates),
+        'aspp_dropout_rate': self.aspp_dropout_rate,
         'semantic_decoder_channels': self.semantic_decoder_channels,
         'semantic_head_channels': self.semantic_head_channels,
         'void_prior_prob': self.void_prior_prob,

@@ -104,12 +104,14 @@ def test_clip_kmax_with_convnext_encoder():
   assert clone.get_config() == config
   with pytest.raises(ValueError, match='needs an OS2 encoder endpoint'):
     clip_kmax.ClipKMaX(**dict(kwargs, decoder_output_stride=2))
-  with pytest.raises(ValueError, match=r"backbone_name must be one of \['convnext_base'"):
+  with pytest.raises(ValueError,
+                     match=r"backbone_name must be one of \['axial_resnet50', 'convnext_base'"):
     clip_kmax.ClipKMaX(**dict(kwargs, backbone_name='convnext_huge'))
 
 
 def test_builder_rejects_unknown_backbone_listing_valid_names():
   config = config_pb2.ExperimentOptions()
   config.model_options.backbone.name = 'resnet101'
-  with pytest.raises(ValueError, match=r"got \"resnet101\", expected one of \['convnext_base'"):
+  with pytest.raises(ValueError,
+                     match=r"got \"resnet101\", expected one of \['axial_resnet50', 'convnext_base'"):
     builder.build_model(config, None)

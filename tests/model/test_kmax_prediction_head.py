@@ -1,6 +1,7 @@
 """Tests for deeplab2_vkmax.model.heads.kmax_prediction_head."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from deeplab2_vkmax import common
@@ -38,3 +39,20 @@ def test_prediction_head_stacks_frames(check_layer):
   np.testing.assert_allclose(norms, 1.0, rtol=1e-4)
   gamma = head._pixel_space_mask_batch_norm.gamma.numpy()
   np.testing.assert_allclose(gamma, [0.1])
+
+
+def test_void_bias_is_added_in_the_forward_pass():
+  # DeepLab2 (add_bias_towards_void): logits = conv(x) + b + c with
+  # c = [0, ..., 0, log(p * C / (1 - p))] a constant, b the conv bias (zeros at
+  # init), so a restored DeepLab2 class head gives DeepLab2's logits.
+  head = kmax_prediction_head.TransformerClassHead(num_classes=4,
+                                                   void_prior_prob=0.75)
+  x = tf.random.normal([1, 3, 8], seed=5)
+  head(x)
+  np.testing.assert_array_equal(head._conv.bias.numpy(), np.zeros(5))
+  head._conv.bias.assign([1.0, 2.0, 3.0, 4.0, 5.0])
+  void = np.log(0.75 * 4 / 0.25)
+  np.testing.assert_allclose(
+      head(x).numpy(), head._conv(x).numpy() + [0, 0, 0, 0, void], rtol=1e-6)
+  with pytest.raises(ValueError, match='void_prior_prob'):
+    kmax_prediction_head.TransformerClassHead(num_classes=4, void_prior_prob=1.0)

@@ -45,6 +45,9 @@ _SEQUENCE = tf.random.normal([2, 7, 8], seed=2)
      _IMAGE, (2, 9, 17, 8)),
     (blocks.BlockStage(block_type='bottleneck', num_blocks=2, filters=4,
                        strides=2), _IMAGE, (2, 5, 9, 16)),
+    (blocks.BlockStage(block_type='bottleneck', num_blocks=2, filters=4,
+                       strides=2, activate_input=True, stride_on_1x1=True,
+                       drop_path_keep_probs=(1.0, 0.5)), _IMAGE, (2, 5, 9, 16)),
 ])
 def test_layer_shapes_modes_and_config(check_layer, layer, inputs, expected):
   check_layer(layer, inputs, expected)
@@ -56,9 +59,12 @@ def test_relative_positional_encoding_indexes_offsets(check_layer):
   assert table.shape == (5, 5, 3)
   embeddings = rpe.embeddings.numpy()
   assert embeddings.shape == (15, 3)
+  # Entry (query i, key j) embeds the offset key - query (Axial-DeepLab's
+  # r_{p-o}, DeepLab2's key_index - query_index), table row j - i + 7.
   for i in range(5):
     for j in range(5):
-      np.testing.assert_array_equal(table[i, j], embeddings[i - j + 7])
+      np.testing.assert_array_equal(table[i, j], embeddings[j - i + 7])
+  np.testing.assert_array_equal(table[0, 4], embeddings[11])
   clone = type(rpe).from_config(rpe.get_config())
   assert clone.get_config() == rpe.get_config()
 
@@ -147,3 +153,93 @@ def test_checkpoint_names_follow_deeplab2(tmp_path):
   assert prefix + '_pointwise/_conv/kernel/.ATTRIBUTES/VARIABLE_VALUE' in names
   assert 'stages/1/_conv/kernel/.ATTRIBUTES/VARIABLE_VALUE' in names
   assert 'stages/1/_batch_norm/moving_mean/.ATTRIBUTES/VARIABLE_VALUE' in names
+
+
+def _identity_batch_norms(layer):
+  """Sets every BN of `layer` to the identity at inference."""
+  for weight in layer.weights:
+    name = weight.path.rsplit('/', 1)[-1]
+    if name in ('gamma', 'moving_variance'):
+      weight.assign(tf.ones_like(weight))
+    elif name in ('beta', 'moving_mean'):
+      weight.assign(tf.zeros_like(weight))
+
+
+def test_axial_attention_follows_the_paper_formula():
+  # Axial-DeepLab Eq. (4), one head: y_o = sum_p softmax_p(q_o k_p +
+  # q_o r^q_{p-o} + k_p r^k_{p-o}) (v_p + r^v_{p-o}), offsets key minus query.
+  length, span = 3, 4
+  layer = axial_attention.AxialAttention1D(
+      query_key_channels=1, value_channels=1, num_heads=1, max_span=span,
+      bn_epsilon=1e-12)
+  layer.build((None, length, 3))
+  _identity_batch_norms(layer)
+  layer.qkv_kernel.assign(tf.eye(3))  # q, k, v = the three input channels.
+  offsets = np.arange(-(span - 1), span, dtype=np.float32)  # -3..3
+  r_q, r_k, r_v = 0.5 * offsets, np.where(offsets > 0, 1.0, -1.0), offsets ** 2
+  for rpe, table in ((layer._query_rpe, r_q), (layer._key_rpe, r_k),
+                     (layer._value_rpe, r_v)):
+    rpe.embeddings.assign(table[:, None].astype(np.float32))
+  x = np.array([[[0.3, -1.0, 2.0], [1.5, 0.4, -0.5], [-0.7, 0.9, 1.0]]],
+               np.float32)
+  q, k, v = x[0, :, 0], x[0, :, 1], x[0, :, 2]
+  expected = []
+  for o in range(length):
+    rel = [p - o + span - 1 for p in range(length)]
+    logits = np.array([q[o] * k[p] + q[o] * r_q[rel[p]] + k[p] * r_k[rel[p]]
+                       for p in range(length)])
+    weights = np.exp(logits - logits.max())
+    weights /= weights.sum()
+    expected.append(sum(weights[p] * (v[p] + r_v[rel[p]])
+                        for p in range(length)))
+  ours = layer(tf.constant(x), training=False).numpy()[0, :, 0]
+  np.testing.assert_allclose(ours, expected, rtol=1e-5)
+
+
+def test_strided_conv_pads_symmetrically():
+  # DeepLab2's Conv2DSame: 3x3/2 on a 4x4 input pads 1 on every side, so the
+  # first output sums the 2x2 top-left corner (Keras 'same' pads 0/1 and
+  # would sum 3x3 = 9 ones).
+  layer = conv_bn_act.ConvBNAct(filters=1, kernel_size=3, strides=2,
+                                use_bn=False, kernel_initializer='ones')
+  out = layer(tf.ones([1, 4, 4, 1])).numpy()[0, :, :, 0]
+  np.testing.assert_array_equal(out, [[4.0, 6.0], [6.0, 9.0]])
+  stem = conv_bn_act.ConvBNAct(filters=1, kernel_size=7, strides=2,
+                               use_bn=False, kernel_initializer='ones')
+  out = stem(tf.ones([1, 8, 8, 1])).numpy()[0, :, :, 0]
+  assert out.shape == (4, 4)
+  # 3 pad rows before: the first window sees 4x4 ones (Keras 'same', 2
+  # before, would see 5x5); the last window sees rows / columns 3..7.
+  assert out[0, 0] == 16.0 and out[-1, -1] == 25.0
+
+
+def test_activate_input_block_defers_the_activation():
+  # DeepLab2: relu is applied to a block's input (shortcut included) and its
+  # output is the sum before relu; along a chain this equals the
+  # activate-output block run on relu(x).
+  x = tf.random.normal([2, 5, 5, 8], seed=7)
+  deferred = blocks.BottleneckBlock(filters=2, activate_input=True,
+                                    last_bn_gamma_initializer='ones')
+  immediate = blocks.BottleneckBlock(filters=2, last_bn_gamma_initializer='ones')
+  deferred.build(x.shape)
+  immediate.build(x.shape)
+  for source, target in zip(deferred.weights, immediate.weights):
+    target.assign(source)
+  pre = deferred(x, training=False).numpy()
+  assert pre.min() < 0.0
+  np.testing.assert_allclose(np.maximum(pre, 0.0),
+                             immediate(tf.nn.relu(x), training=False).numpy(),
+                             atol=1e-5)
+
+
+def test_block_stage_per_block_drop_path_and_stride_placement():
+  stage = blocks.BlockStage(block_type='bottleneck', num_blocks=3, filters=4,
+                            strides=2, stride_on_1x1=True,
+                            drop_path_keep_probs=(1.0, 0.7, 0.5))
+  assert [b._drop_path.keep_prob for b in stage._blocks] == [1.0, 0.7, 0.5]
+  first = stage._blocks[0]
+  assert first._conv1_bn_act._conv.strides == (2, 2)
+  assert first._conv2_bn_act._conv.strides == (1, 1)
+  with pytest.raises(ValueError, match='drop_path_keep_probs needs num_blocks=3'):
+    blocks.BlockStage(block_type='bottleneck', num_blocks=3, filters=4,
+                      drop_path_keep_probs=(1.0, 0.5))

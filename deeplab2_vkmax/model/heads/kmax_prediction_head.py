@@ -3,7 +3,10 @@
 Mask logits are the dot products between L2-normalised per-pixel embeddings and
 per-cluster mask embeddings, followed by a 1-channel BN (gamma 0.1); class logits
 come from a 1x1 conv over the cluster centres with `num_classes + 1` outputs (void
-last), its bias set so that P(void) = `void_prior_prob` at initialisation. For a
+last) plus a constant void bias, so that P(void) = `void_prior_prob` at
+initialisation. As DeepLab2's `add_bias_towards_void`, the constant is added in
+every forward pass (the conv bias starts at 0 and is not the void prior), so a
+DeepLab2 checkpoint's class head gives DeepLab2's logits. For a
 clip, pixels of all T frames are stacked along height (`[B, T*h, w, D]`), so one
 set of masks spans the clip (a tube).
 """
@@ -23,30 +26,17 @@ from deeplab2_vkmax.model.layers import resize
 _PACKAGE = 'deeplab2_vkmax'
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class VoidPriorBias(keras.initializers.Initializer):
-  """Bias of `num_classes + 1` logits: 0 for classes, log(p*C/(1-p)) for void.
-
-  With these biases softmax gives P(void) = `void_prior_prob`.
-  """
-
-  def __init__(self, void_prior_prob: float = 0.9):
-    self.void_prior_prob = void_prior_prob
-
-  def __call__(self, shape, dtype=None):
-    num_classes = shape[-1] - 1
-    void_bias = math.log(self.void_prior_prob * num_classes /
-                         (1.0 - self.void_prior_prob))
-    return tf.concat([tf.zeros([num_classes], dtype or tf.float32),
-                      tf.fill([1], tf.cast(void_bias, dtype or tf.float32))], 0)
-
-  def get_config(self):
-    return {'void_prior_prob': self.void_prior_prob}
+def void_prior_logit(num_classes: int, void_prior_prob: float) -> float:
+  """log(p * C / (1 - p)): with 0 for the C classes, softmax gives P(void) = p."""
+  return math.log(void_prior_prob * num_classes / (1.0 - void_prior_prob))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class PixelSpaceHead(keras.layers.Layer):
   """Depthwise-separable 5x5 conv (`conv_block`) then 1x1 conv (`final_conv`).
+
+  DeepLab2's PanopticDeepLabSingleHead: no activation on its input,
+  `final_conv` with bias, kernel initialised truncated normal (std 0.01).
 
   Args:
     head_channels: channels of the separable conv.
@@ -75,7 +65,8 @@ class PixelSpaceHead(keras.layers.Layer):
         bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
         use_sync_batchnorm=use_sync_batchnorm, name='conv_block')
     self.final_conv = checkpoint_naming.Conv2D(
-        output_channels, 1, use_bias=True, kernel_initializer='he_normal',
+        output_channels, 1, use_bias=True,
+        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.01),
         name='final_conv')
 
   def build(self, input_shape):
@@ -103,7 +94,10 @@ class PixelSpaceHead(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class TransformerClassHead(keras.layers.Layer):
-  """1x1 Conv1D (`_conv`, with bias) over cluster centres -> class logits.
+  """1x1 Conv1D (`_conv`, with bias) over cluster centres + void bias -> logits.
+
+  logits = conv(x) + [0, ..., 0, void_prior_logit(C, p)]: the constant is not a
+  variable (DeepLab2's `add_bias_towards_void`).
 
   Args:
     num_classes: number of real classes C; outputs C + 1 logits (void last).
@@ -117,18 +111,23 @@ class TransformerClassHead(keras.layers.Layer):
     super().__init__(**kwargs)
     self.num_classes = num_classes
     self.void_prior_prob = void_prior_prob
+    if not 0.0 < void_prior_prob < 1.0:
+      raise ValueError(f'void_prior_prob must be in (0, 1), got {void_prior_prob}.')
     # A small kernel keeps the initial logits near the void-prior bias.
     self._conv = checkpoint_naming.Conv1D(
         num_classes + 1, 1, use_bias=True,
         kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.01),
-        bias_initializer=VoidPriorBias(void_prior_prob), name='_conv')
+        bias_initializer='zeros', name='_conv')
+    self._void_bias = [0.0] * num_classes + [
+        void_prior_logit(num_classes, void_prior_prob)]
 
   def build(self, input_shape):
     self._conv.build(input_shape)
     self.built = True
 
   def call(self, inputs, training=False):
-    return self._conv(inputs)
+    logits = self._conv(inputs)
+    return logits + tf.constant(self._void_bias, dtype=logits.dtype)
 
   def compute_output_shape(self, input_shape):
     return tuple(input_shape[:-1]) + (self.num_classes + 1,)

@@ -107,12 +107,14 @@ class ASPP(keras.layers.Layer):
   """Atrous spatial pyramid pooling (DeepLabv3, Chen et al. 2017, Sec. 3.3).
 
   Branches: 1x1 (`_conv_bn_act`), three atrous 3x3 (`_aspp_conv1..3`), image
-  pooling (`_aspp_pool`); concatenated and projected (`_proj_conv_bn_act`).
+  pooling (`_aspp_pool`); concatenated, projected (`_proj_conv_bn_act`) and,
+  in training, dropped out (rate 0.1 in DeepLab2's ASPP).
 
   Args:
     filters: channels of every branch and of the output.
     atrous_rates: three dilation rates.
     activation: activation.
+    dropout_rate: dropout after the projection (training only).
     bn_momentum, bn_epsilon, use_sync_batchnorm: BN options.
 
   Input [B, H, W, C]; output [B, H, W, filters].
@@ -120,12 +122,16 @@ class ASPP(keras.layers.Layer):
 
   def __init__(self, *, filters: int = 256,
                atrous_rates: Sequence[int] = (6, 12, 18),
-               activation: str = 'gelu', bn_momentum: float = 0.99,
+               activation: str = 'gelu', dropout_rate: float = 0.1,
+               bn_momentum: float = 0.99,
                bn_epsilon: float = 1e-3, use_sync_batchnorm: bool = False,
                **kwargs):
     super().__init__(**kwargs)
     if len(atrous_rates) != 3:
       raise ValueError(f'atrous_rates needs 3 entries, got {atrous_rates}.')
+    if not 0.0 <= dropout_rate < 1.0:
+      raise ValueError(f'dropout_rate must be in [0, 1), got {dropout_rate}.')
+    self.dropout_rate = dropout_rate
     self.filters = filters
     self.atrous_rates = tuple(atrous_rates)
     self.activation = activation
@@ -159,14 +165,19 @@ class ASPP(keras.layers.Layer):
     branches = [layer(inputs, training=training) for layer in (
         self._conv_bn_act, self._aspp_conv1, self._aspp_conv2,
         self._aspp_conv3, self._aspp_pool)]
-    return self._proj_conv_bn_act(tf.concat(branches, axis=-1),
-                                  training=training)
+    x = self._proj_conv_bn_act(tf.concat(branches, axis=-1), training=training)
+    if training and self.dropout_rate > 0.0:
+      # tf.nn.dropout, not keras.layers.Dropout: no seed-state variable, so the
+      # variables stay DeepLab2's.
+      x = tf.nn.dropout(x, rate=self.dropout_rate)
+    return x
 
   def get_config(self):
     config = super().get_config()
     config.update({'filters': self.filters,
                    'atrous_rates': list(self.atrous_rates),
-                   'activation': self.activation, **_bn_kwargs(self)})
+                   'activation': self.activation,
+                   'dropout_rate': self.dropout_rate, **_bn_kwargs(self)})
     return config
 
 
@@ -177,6 +188,8 @@ class KMaXSemanticDecoder(keras.layers.Layer):
   Args:
     aspp_channels: ASPP channels.
     atrous_rates: ASPP rates.
+    aspp_dropout_rate: dropout after the ASPP projection (training only;
+      DeepLab2: 0.1).
     low_level: ((endpoint, projection channels), ...) from coarse to fine,
       DeepLab2 default (('res3', 64), ('res2', 32)).
     decoder_channels: channels after each fusion conv.
@@ -190,6 +203,7 @@ class KMaXSemanticDecoder(keras.layers.Layer):
 
   def __init__(self, *, aspp_channels: int = 256,
                atrous_rates: Sequence[int] = (6, 12, 18),
+               aspp_dropout_rate: float = 0.1,
                low_level: Sequence[Tuple[str, int]] = (('res3', 64),
                                                        ('res2', 32)),
                decoder_channels: int = 256, fusion_kernel_size: int = 5,
@@ -202,6 +216,7 @@ class KMaXSemanticDecoder(keras.layers.Layer):
                        f'{low_level}.')
     self.aspp_channels = aspp_channels
     self.atrous_rates = tuple(atrous_rates)
+    self.aspp_dropout_rate = aspp_dropout_rate
     self.low_level = tuple((str(k), int(c)) for k, c in low_level)
     self.decoder_channels = decoder_channels
     self.fusion_kernel_size = fusion_kernel_size
@@ -211,7 +226,8 @@ class KMaXSemanticDecoder(keras.layers.Layer):
     self.use_sync_batchnorm = use_sync_batchnorm
     bn = _bn_kwargs(self)
     self._aspp = ASPP(filters=aspp_channels, atrous_rates=atrous_rates,
-                      activation=activation, name='_aspp', **bn)
+                      activation=activation, dropout_rate=aspp_dropout_rate,
+                      name='_aspp', **bn)
     self._low_level_conv1 = conv_bn_act.ConvBNAct(
         filters=self.low_level[0][1], kernel_size=1, activation=activation,
         name='_low_level_conv1', **bn)
@@ -252,6 +268,7 @@ class KMaXSemanticDecoder(keras.layers.Layer):
     config.update({
         'aspp_channels': self.aspp_channels,
         'atrous_rates': list(self.atrous_rates),
+        'aspp_dropout_rate': self.aspp_dropout_rate,
         'low_level': [list(pair) for pair in self.low_level],
         'decoder_channels': self.decoder_channels,
         'fusion_kernel_size': self.fusion_kernel_size,

@@ -24,8 +24,11 @@ class RelativePositionalEncoding(keras.layers.Layer):
     max_span: longest axis supported without clipping offsets.
     depth: embedding depth.
 
-  Call with a scalar `length` L; returns [L, L, depth] where entry (i, j) embeds
-  offset i - j. Offsets beyond +-(max_span - 1) are clipped.
+  Call with a scalar `length` L; returns [L, L, depth] where entry (i, j), for
+  query position i and key position j, embeds the offset j - i (key minus
+  query: Axial-DeepLab's r_{p-o}, DeepLab2's relative distance matrix
+  `key_index - query_index`); it is table row j - i + max_span - 1. Offsets
+  beyond +-(max_span - 1) are clipped.
   """
 
   def __init__(self, *, max_span: int = 255, depth: int = 64, **kwargs):
@@ -43,7 +46,7 @@ class RelativePositionalEncoding(keras.layers.Layer):
     if not self.built:
       self.build()
     positions = tf.range(length)
-    offsets = positions[:, None] - positions[None, :] + (self.max_span - 1)
+    offsets = positions[None, :] - positions[:, None] + (self.max_span - 1)
     offsets = tf.clip_by_value(offsets, 0, 2 * self.max_span - 2)
     return tf.gather(self.embeddings, offsets)  # [L, L, depth]
 
@@ -129,13 +132,15 @@ class AxialAttention1D(keras.layers.Layer):
     query_rpe = self._query_rpe(length)  # [L, L, dk]
     key_rpe = self._key_rpe(length)
     value_rpe = self._value_rpe(length)  # [L, L, dv]
+    # Query l, key m; every table entry [l, m] embeds the offset m - l.
     content = tf.einsum('blhd,bmhd->bhlm', query, key)
     query_position = tf.einsum('blhd,lmd->bhlm', query, query_rpe)
-    # The key term uses the transposed offsets (j - i), as in Axial-DeepLab Eq. (4).
-    key_position = tf.einsum('bmhd,mld->bhlm', key, key_rpe)
+    key_position = tf.einsum('bmhd,lmd->bhlm', key, key_rpe)
     similarity = tf.stack([content, query_position, key_position])  # [3, B, h, L, L]
     similarity = self._batch_norm_similarity(similarity, training=training)
-    attention = tf.nn.softmax(tf.reduce_sum(similarity, axis=0), axis=-1)
+    # Softmax in float32 under mixed precision, back to the compute dtype.
+    logits = tf.cast(tf.reduce_sum(similarity, axis=0), tf.float32)
+    attention = tf.cast(tf.nn.softmax(logits, axis=-1), similarity.dtype)
     retrieved_content = tf.einsum('bhlm,bmhd->bhld', attention, value)
     retrieved_position = tf.einsum('bhlm,lmd->bhld', attention, value_rpe)
     retrieved = tf.stack([retrieved_content, retrieved_position])  # [2, B, h, L, dv]
@@ -166,20 +171,25 @@ class AxialAttention2D(keras.layers.Layer):
     query_key_channels, value_channels, num_heads, max_span: per-axis attention
       options (see `AxialAttention1D`); the width axis maps value_channels to
       value_channels.
+    strides: output stride; as DeepLab2's strided axial attention, each axis
+      attends at full length and is then subsampled (`[::strides]`).
     bn_momentum, bn_epsilon, use_sync_batchnorm: BN options.
 
-  Input [B, H, W, Cin]; output [B, H, W, value_channels].
+  Input [B, H, W, Cin]; output [B, ceil(H/s), ceil(W/s), value_channels].
   """
 
   def __init__(self, *, query_key_channels: int, value_channels: int,
-               num_heads: int = 8, max_span: int = 255,
+               num_heads: int = 8, max_span: int = 255, strides: int = 1,
                bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
                use_sync_batchnorm: bool = False, **kwargs):
     super().__init__(**kwargs)
+    if strides < 1:
+      raise ValueError(f'strides must be >= 1, got {strides}.')
     self.query_key_channels = query_key_channels
     self.value_channels = value_channels
     self.num_heads = num_heads
     self.max_span = max_span
+    self.strides = strides
     self.bn_momentum = bn_momentum
     self.bn_epsilon = bn_epsilon
     self.use_sync_batchnorm = use_sync_batchnorm
@@ -203,19 +213,28 @@ class AxialAttention2D(keras.layers.Layer):
     x = self._height_axis(x, training=training)
     x = tf.reshape(x, [batch, width, height, self.value_channels])
     x = tf.transpose(x, [0, 2, 1, 3])  # [B, H, W, Cv]
+    if self.strides > 1:
+      x = x[:, ::self.strides]  # [B, ceil(H/s), W, Cv]
+      height = tf.shape(x)[1]
     x = tf.reshape(x, [batch * height, width, self.value_channels])  # [B*H, W, Cv]
     x = self._width_axis(x, training=training)
-    return tf.reshape(x, [batch, height, width, self.value_channels])
+    x = tf.reshape(x, [batch, height, width, self.value_channels])
+    if self.strides > 1:
+      x = x[:, :, ::self.strides]  # [B, ceil(H/s), ceil(W/s), Cv]
+    return x
 
   def compute_output_shape(self, input_shape):
-    return tuple(input_shape[:-1]) + (self.value_channels,)
+    spatial = [None if size is None else -(-size // self.strides)
+               for size in input_shape[1:3]]
+    return (input_shape[0], *spatial, self.value_channels)
 
   def get_config(self):
     config = super().get_config()
     config.update({
         'query_key_channels': self.query_key_channels,
         'value_channels': self.value_channels, 'num_heads': self.num_heads,
-        'max_span': self.max_span, 'bn_momentum': self.bn_momentum,
+        'max_span': self.max_span, 'strides': self.strides,
+        'bn_momentum': self.bn_momentum,
         'bn_epsilon': self.bn_epsilon,
         'use_sync_batchnorm': self.use_sync_batchnorm,
     })

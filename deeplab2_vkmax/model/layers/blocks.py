@@ -6,6 +6,8 @@ the OS32/OS16 pixel-decoder stages. Names (`_conv1_bn_act`, `_conv2_bn_act`,
 `_conv3_bn`, `_shortcut`, `_attention`, `_block{i}`) follow DeepLab2.
 """
 
+from typing import Optional, Sequence
+
 import keras
 
 from deeplab2_vkmax.model.layers import axial_attention
@@ -26,12 +28,14 @@ class _ResidualBlock(keras.layers.Layer):
   def __init__(self, *, filters: int, strides: int = 1, activation: str,
                drop_path_keep_prob: float = 1.0,
                last_bn_gamma_initializer: str = 'zeros',
+               activate_input: bool = False,
                bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
                use_sync_batchnorm: bool = False, **kwargs):
     super().__init__(**kwargs)
     self.filters = filters
     self.strides = strides
     self.activation = activation
+    self.activate_input = activate_input
     self.drop_path_keep_prob = drop_path_keep_prob
     self.last_bn_gamma_initializer = last_bn_gamma_initializer
     self.bn_momentum = bn_momentum
@@ -51,12 +55,16 @@ class _ResidualBlock(keras.layers.Layer):
           name='_shortcut', **_bn_kwargs(self))
       self._shortcut.build(input_shape)
 
+  def _block_input(self, inputs):
+    # DeepLab2's order: blocks take and return features before the activation.
+    return self._activation_fn(inputs) if self.activate_input else inputs
+
   def _merge(self, inputs, residual, training):
     shortcut = inputs
     if self._shortcut is not None:
       shortcut = self._shortcut(inputs, training=training)
-    return self._activation_fn(
-        shortcut + self._drop_path(residual, training=training))
+    output = shortcut + self._drop_path(residual, training=training)
+    return output if self.activate_input else self._activation_fn(output)
 
   def compute_output_shape(self, input_shape):
     spatial = []
@@ -71,6 +79,7 @@ class _ResidualBlock(keras.layers.Layer):
         'activation': self.activation,
         'drop_path_keep_prob': self.drop_path_keep_prob,
         'last_bn_gamma_initializer': self.last_bn_gamma_initializer,
+        'activate_input': self.activate_input,
         **_bn_kwargs(self),
     })
     return config
@@ -80,30 +89,42 @@ class _ResidualBlock(keras.layers.Layer):
 class BottleneckBlock(_ResidualBlock):
   """1x1 (filters) -> 3x3 (filters, stride) -> 1x1 (4*filters) + shortcut.
 
-  The stride sits on the 3x3 conv (ResNet v1.5).
+  The stride sits on the 3x3 conv (ResNet v1.5, DeepLab2's `AxialBlock`), or on
+  the first 1x1 conv with `stride_on_1x1` (ResNet v1, Keras Applications).
 
   Args:
     filters: bottleneck width; output has 4 * filters channels.
     strides: spatial stride.
+    stride_on_1x1: put the stride on the first 1x1 conv instead of the 3x3.
     activation: 'relu' (encoder) or 'gelu' (pixel decoder).
     drop_path_keep_prob: drop-path keep probability of the residual branch.
     last_bn_gamma_initializer: gamma init of the last BN ('zeros' starts the
       block as identity).
+    activate_input: False: the input is already activated and the output is
+      act(shortcut + residual). True (DeepLab2's convention, used by the kMaX
+      ResNet-50 and pixel decoder): the block applies the activation to its
+      input first (so the shortcut sees act(x)) and returns shortcut + residual
+      before the activation, which the next block applies. Same function along
+      a chain of blocks; only the stage outputs differ (pre-activation).
     bn_momentum, bn_epsilon, use_sync_batchnorm: BN options.
 
   Input [B, H, W, Cin]; output [B, ceil(H/s), ceil(W/s), 4*filters].
   """
 
   def __init__(self, *, filters: int, strides: int = 1,
-               activation: str = 'relu', **kwargs):
+               activation: str = 'relu', stride_on_1x1: bool = False,
+               **kwargs):
     super().__init__(filters=filters, strides=strides, activation=activation,
                      **kwargs)
+    self.stride_on_1x1 = stride_on_1x1
     bn = _bn_kwargs(self)
     self._conv1_bn_act = conv_bn_act.ConvBNAct(
-        filters=filters, kernel_size=1, activation=activation,
+        filters=filters, kernel_size=1,
+        strides=strides if stride_on_1x1 else 1, activation=activation,
         name='_conv1_bn_act', **bn)
     self._conv2_bn_act = conv_bn_act.ConvBNAct(
-        filters=filters, kernel_size=3, strides=strides, activation=activation,
+        filters=filters, kernel_size=3,
+        strides=1 if stride_on_1x1 else strides, activation=activation,
         name='_conv2_bn_act', **bn)
     self._conv3_bn = conv_bn_act.ConvBNAct(
         filters=self._output_channels, kernel_size=1,
@@ -113,16 +134,22 @@ class BottleneckBlock(_ResidualBlock):
   def build(self, input_shape):
     self._build_shortcut(input_shape)
     self._conv1_bn_act.build(input_shape)
-    shape = tuple(input_shape[:-1]) + (self.filters,)
+    shape = self._conv1_bn_act.compute_output_shape(input_shape)
     self._conv2_bn_act.build(shape)
-    self._conv3_bn.build(shape)
+    self._conv3_bn.build(self._conv2_bn_act.compute_output_shape(shape))
     self.built = True
 
   def call(self, inputs, training=False):
+    inputs = self._block_input(inputs)
     x = self._conv1_bn_act(inputs, training=training)
     x = self._conv2_bn_act(x, training=training)
     x = self._conv3_bn(x, training=training)
     return self._merge(inputs, x, training)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({'stride_on_1x1': self.stride_on_1x1})
+    return config
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -138,15 +165,18 @@ class AxialBlock(_ResidualBlock):
     num_heads: attention heads.
     max_span: relative positional encoding span (table 2*max_span-1 long).
     activation: activation (kMaX: 'gelu').
+    strides: spatial stride, applied by the attention (each axis attends at
+      full length, then is subsampled) and the projection shortcut, as in
+      DeepLab2's Axial-ResNet (first block of its last stage).
     drop_path_keep_prob, last_bn_gamma_initializer, bn_*: as BottleneckBlock.
 
-  Input [B, H, W, Cin]; output [B, H, W, 4*filters].
+  Input [B, H, W, Cin]; output [B, ceil(H/s), ceil(W/s), 4*filters].
   """
 
   def __init__(self, *, filters: int, num_heads: int = 8, max_span: int = 255,
-               activation: str = 'gelu', **kwargs):
-    super().__init__(filters=filters, strides=1, activation=activation,
-                     **{k: v for k, v in kwargs.items() if k != 'strides'})
+               activation: str = 'gelu', strides: int = 1, **kwargs):
+    super().__init__(filters=filters, strides=strides, activation=activation,
+                     **kwargs)
     self.num_heads = num_heads
     self.max_span = max_span
     bn = _bn_kwargs(self)
@@ -155,7 +185,8 @@ class AxialBlock(_ResidualBlock):
         name='_conv1_bn_act', **bn)
     self._attention = axial_attention.AxialAttention2D(
         query_key_channels=filters, value_channels=2 * filters,
-        num_heads=num_heads, max_span=max_span, name='_attention', **bn)
+        num_heads=num_heads, max_span=max_span, strides=strides,
+        name='_attention', **bn)
     self._conv3_bn = conv_bn_act.ConvBNAct(
         filters=self._output_channels, kernel_size=1,
         bn_gamma_initializer=self.last_bn_gamma_initializer, name='_conv3_bn',
@@ -170,6 +201,7 @@ class AxialBlock(_ResidualBlock):
     self.built = True
 
   def call(self, inputs, training=False):
+    inputs = self._block_input(inputs)
     x = self._conv1_bn_act(inputs, training=training)
     x = self._activation_fn(self._attention(x, training=training))
     x = self._conv3_bn(x, training=training)
@@ -177,7 +209,6 @@ class AxialBlock(_ResidualBlock):
 
   def get_config(self):
     config = super().get_config()
-    config.pop('strides')
     config.update({'num_heads': self.num_heads, 'max_span': self.max_span})
     return config
 
@@ -185,65 +216,8 @@ class AxialBlock(_ResidualBlock):
 _BLOCK_TYPES = {'bottleneck': BottleneckBlock, 'axial': AxialBlock}
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class BlockStage(keras.layers.Layer):
-  """`num_blocks` residual blocks held as `_block1`, `_block2`, ...
-
-  Args:
-    block_type: 'bottleneck' or 'axial'.
-    num_blocks: number of blocks.
-    filters: block width (output 4*filters).
-    strides: stride of the first block (bottleneck only).
-    activation: block activation.
-    drop_path_keep_prob: keep probability of every block's drop path.
-    num_heads, max_span: axial-attention options (axial only).
-    last_bn_gamma_initializer, bn_momentum, bn_epsilon, use_sync_batchnorm:
-      block options.
-
-  Input [B, H, W, Cin]; output [B, ceil(H/s), ceil(W/s), 4*filters].
-  """
-
-  def __init__(self, *, block_type: str, num_blocks: int, filters: int,
-               strides: int = 1, activation: str = 'relu',
-               drop_path_keep_prob: float = 1.0, num_heads: int = 8,
-               max_span: int = 255, last_bn_gamma_initializer: str = 'zeros',
-               bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
-               use_sync_batchnorm: bool = False, **kwargs):
-    super().__init__(**kwargs)
-    if block_type not in _BLOCK_TYPES:
-      raise ValueError(f'Unknown block_type {block_type!r}; valid: '
-                       f'{sorted(_BLOCK_TYPES)}.')
-    if block_type == 'axial' and strides != 1:
-      raise ValueError(f'axial blocks do not stride, got strides={strides}.')
-    if num_blocks < 1:
-      raise ValueError(f'num_blocks must be >= 1, got {num_blocks}.')
-    self.block_type = block_type
-    self.num_blocks = num_blocks
-    self.filters = filters
-    self.strides = strides
-    self.activation = activation
-    self.drop_path_keep_prob = drop_path_keep_prob
-    self.num_heads = num_heads
-    self.max_span = max_span
-    self.last_bn_gamma_initializer = last_bn_gamma_initializer
-    self.bn_momentum = bn_momentum
-    self.bn_epsilon = bn_epsilon
-    self.use_sync_batchnorm = use_sync_batchnorm
-    common = dict(filters=filters, activation=activation,
-                  drop_path_keep_prob=drop_path_keep_prob,
-                  last_bn_gamma_initializer=last_bn_gamma_initializer,
-                  **_bn_kwargs(self))
-    if block_type == 'axial':
-      common.update(num_heads=num_heads, max_span=max_span)
-    self._blocks = []
-    for index in range(num_blocks):
-      extra = {}
-      if block_type == 'bottleneck':
-        extra['strides'] = strides if index == 0 else 1
-      block = _BLOCK_TYPES[block_type](name=f'_block{index + 1}', **common,
-                                       **extra)
-      setattr(self, f'_block{index + 1}', block)
-      self._blocks.append(block)
+class BlockSequence(keras.layers.Layer):
+  """Base of stages: runs the blocks in `self._blocks` (set by subclasses) in order."""
 
   def build(self, input_shape):
     shape = input_shape
@@ -264,6 +238,82 @@ class BlockStage(keras.layers.Layer):
       shape = block.compute_output_shape(shape)
     return shape
 
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class BlockStage(BlockSequence):
+  """`num_blocks` residual blocks held as `_block1`, `_block2`, ...
+
+  Args:
+    block_type: 'bottleneck' or 'axial'.
+    num_blocks: number of blocks.
+    filters: block width (output 4*filters).
+    strides: stride of the first block (bottleneck only).
+    activation: block activation.
+    drop_path_keep_prob: keep probability of every block's drop path.
+    drop_path_keep_probs: per-block keep probabilities (num_blocks entries);
+      overrides drop_path_keep_prob (DeepLab2's schedules vary within a stage).
+    num_heads, max_span: axial-attention options (axial only).
+    last_bn_gamma_initializer, activate_input, stride_on_1x1 (bottleneck only),
+      bn_momentum, bn_epsilon, use_sync_batchnorm: block options (see
+      `BottleneckBlock`).
+
+  Input [B, H, W, Cin]; output [B, ceil(H/s), ceil(W/s), 4*filters].
+  """
+
+  def __init__(self, *, block_type: str, num_blocks: int, filters: int,
+               strides: int = 1, activation: str = 'relu',
+               drop_path_keep_prob: float = 1.0,
+               drop_path_keep_probs: Optional[Sequence[float]] = None,
+               num_heads: int = 8,
+               max_span: int = 255, last_bn_gamma_initializer: str = 'zeros',
+               activate_input: bool = False, stride_on_1x1: bool = False,
+               bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
+               use_sync_batchnorm: bool = False, **kwargs):
+    super().__init__(**kwargs)
+    if drop_path_keep_probs is not None and len(drop_path_keep_probs) != num_blocks:
+      raise ValueError(f'drop_path_keep_probs needs num_blocks={num_blocks} '
+                       f'entries, got {list(drop_path_keep_probs)}.')
+    if block_type not in _BLOCK_TYPES:
+      raise ValueError(f'Unknown block_type {block_type!r}; valid: '
+                       f'{sorted(_BLOCK_TYPES)}.')
+    if block_type == 'axial' and strides != 1:
+      raise ValueError(f'axial blocks do not stride, got strides={strides}.')
+    if num_blocks < 1:
+      raise ValueError(f'num_blocks must be >= 1, got {num_blocks}.')
+    self.block_type = block_type
+    self.num_blocks = num_blocks
+    self.filters = filters
+    self.strides = strides
+    self.activation = activation
+    self.drop_path_keep_prob = drop_path_keep_prob
+    self.drop_path_keep_probs = (None if drop_path_keep_probs is None else
+                                 tuple(float(p) for p in drop_path_keep_probs))
+    self.num_heads = num_heads
+    self.max_span = max_span
+    self.last_bn_gamma_initializer = last_bn_gamma_initializer
+    self.activate_input = activate_input
+    self.stride_on_1x1 = stride_on_1x1
+    self.bn_momentum = bn_momentum
+    self.bn_epsilon = bn_epsilon
+    self.use_sync_batchnorm = use_sync_batchnorm
+    common = dict(filters=filters, activation=activation,
+                  last_bn_gamma_initializer=last_bn_gamma_initializer,
+                  activate_input=activate_input, **_bn_kwargs(self))
+    if block_type == 'axial':
+      common.update(num_heads=num_heads, max_span=max_span)
+    self._blocks = []
+    for index in range(num_blocks):
+      extra = {'drop_path_keep_prob': (
+          drop_path_keep_prob if self.drop_path_keep_probs is None
+          else self.drop_path_keep_probs[index])}
+      if block_type == 'bottleneck':
+        extra['strides'] = strides if index == 0 else 1
+        extra['stride_on_1x1'] = stride_on_1x1
+      block = _BLOCK_TYPES[block_type](name=f'_block{index + 1}', **common,
+                                       **extra)
+      setattr(self, f'_block{index + 1}', block)
+      self._blocks.append(block)
+
   def get_config(self):
     config = super().get_config()
     config.update({
@@ -271,8 +321,12 @@ class BlockStage(keras.layers.Layer):
         'filters': self.filters, 'strides': self.strides,
         'activation': self.activation,
         'drop_path_keep_prob': self.drop_path_keep_prob,
+        'drop_path_keep_probs': (None if self.drop_path_keep_probs is None
+                                 else list(self.drop_path_keep_probs)),
         'num_heads': self.num_heads, 'max_span': self.max_span,
         'last_bn_gamma_initializer': self.last_bn_gamma_initializer,
+        'activate_input': self.activate_input,
+        'stride_on_1x1': self.stride_on_1x1,
         **_bn_kwargs(self),
     })
     return config

@@ -43,7 +43,8 @@ class ConvBNAct(keras.layers.Layer):
   Args:
     filters: output channels.
     kernel_size: kernel size.
-    strides: stride (2D only).
+    strides: stride (2D only); a strided conv pads symmetrically, (k - 1) // 2
+      before (DeepLab2's Conv2DSame), not as Keras 'same'.
     dilation_rate: dilation (2D only).
     conv_type: '1d' on [B, L, C] or '2d' on [B, H, W, C].
     use_bias: conv bias (DeepLab2 uses it only without BN).
@@ -80,10 +81,18 @@ class ConvBNAct(keras.layers.Layer):
     self.bn_epsilon = bn_epsilon
     self.use_sync_batchnorm = use_sync_batchnorm
     self._activation_fn = get_activation(activation)
+    # DeepLab2's Conv2DSame: a strided conv pads (k_eff - 1) // 2 before and the
+    # rest after, then runs 'valid'; Keras 'same' would pad less before on even
+    # inputs (e.g. 2/3 instead of 3/3 for a 7x7 stride-2 conv).
+    self._padding = None
+    if conv_type == '2d' and strides != 1:
+      total = (kernel_size - 1) * dilation_rate
+      self._padding = (total // 2, total - total // 2)
     if conv_type == '2d':
       self._conv = checkpoint_naming.Conv2D(
           filters, kernel_size, strides=strides, dilation_rate=dilation_rate,
-          padding='same', use_bias=use_bias, kernel_initializer=kernel_initializer,
+          padding='same' if self._padding is None else 'valid',
+          use_bias=use_bias, kernel_initializer=kernel_initializer,
           bias_initializer=bias_initializer, name='_conv')
     elif conv_type == '1d':
       if strides != 1 or dilation_rate != 1:
@@ -100,20 +109,31 @@ class ConvBNAct(keras.layers.Layer):
           name='_batch_norm', gamma_initializer=bn_gamma_initializer,
           **_bn_kwargs(self))
 
+  def _padded_shape(self, input_shape):
+    if self._padding is None:
+      return input_shape
+    pad = sum(self._padding)
+    return (input_shape[0],
+            *[None if size is None else size + pad for size in input_shape[1:3]],
+            input_shape[3])
+
   def build(self, input_shape):
-    self._conv.build(input_shape)
+    self._conv.build(self._padded_shape(input_shape))
     if self.use_bn:
-      self._batch_norm.build(self._conv.compute_output_shape(input_shape))
+      self._batch_norm.build(self.compute_output_shape(input_shape))
     self.built = True
 
   def call(self, inputs, training=False):
-    x = self._conv(inputs)
+    x = inputs
+    if self._padding is not None:
+      x = tf.pad(x, [[0, 0], self._padding, self._padding, [0, 0]])
+    x = self._conv(x)
     if self.use_bn:
       x = self._batch_norm(x, training=training)
     return self._activation_fn(x)
 
   def compute_output_shape(self, input_shape):
-    return self._conv.compute_output_shape(input_shape)
+    return self._conv.compute_output_shape(self._padded_shape(input_shape))
 
   def get_config(self):
     config = super().get_config()

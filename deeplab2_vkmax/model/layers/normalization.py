@@ -53,19 +53,23 @@ class AxisBatchNormalization(keras.layers.Layer):
     if len(input_shape) != len(self.param_shape):
       raise ValueError(f'{self.name}: input rank {len(input_shape)} does not '
                        f'match param_shape {self.param_shape}.')
+    # autocast=False: under a mixed policy the statistics and the affine
+    # transform stay in float32 (as in keras.layers.BatchNormalization).
     self.gamma = self.add_weight(name='gamma', shape=self.param_shape,
-                                 initializer=self.gamma_initializer)
+                                 initializer=self.gamma_initializer, autocast=False)
     self.beta = self.add_weight(name='beta', shape=self.param_shape,
-                                initializer='zeros')
+                                initializer='zeros', autocast=False)
     self.moving_mean = self.add_weight(name='moving_mean', shape=self.param_shape,
-                                       initializer='zeros', trainable=False)
+                                       initializer='zeros', trainable=False,
+                                       autocast=False)
     self.moving_variance = self.add_weight(
         name='moving_variance', shape=self.param_shape, initializer='ones',
-        trainable=False)
+        trainable=False, autocast=False)
     self.built = True
 
   def call(self, inputs, training=False):
-    inputs = tf.convert_to_tensor(inputs)
+    # float32 statistics: E[x^2] - E[x]^2 in bfloat16/float16 loses the variance.
+    inputs = tf.cast(inputs, tf.float32)
     if training:
       mean = tf.reduce_mean(inputs, axis=self._reduction_axes, keepdims=True)
       mean_square = tf.reduce_mean(tf.square(inputs), axis=self._reduction_axes,
@@ -86,8 +90,9 @@ class AxisBatchNormalization(keras.layers.Layer):
     else:
       mean = tf.convert_to_tensor(self.moving_mean)
       variance = tf.convert_to_tensor(self.moving_variance)
-    return tf.nn.batch_normalization(inputs, mean, variance, self.beta,
-                                     self.gamma, self.epsilon)
+    outputs = tf.nn.batch_normalization(inputs, mean, variance, self.beta,
+                                        self.gamma, self.epsilon)
+    return tf.cast(outputs, self.compute_dtype)
 
   def compute_output_shape(self, input_shape):
     return input_shape

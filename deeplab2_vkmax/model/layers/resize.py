@@ -10,9 +10,14 @@ import tensorflow as tf
 
 
 def resize_bilinear(images: tf.Tensor, size) -> tf.Tensor:
-  """Bilinear resize with aligned corners: [B, h, w, C] -> [B, size[0], size[1], C]."""
-  return tf.compat.v1.image.resize(
+  """Bilinear resize with aligned corners: [B, h, w, C] -> [B, size[0], size[1], C].
+
+  The result keeps the input's dtype (TF's bilinear resize returns float32, which
+  would break bfloat16/float16 compute under a mixed-precision policy).
+  """
+  resized = tf.compat.v1.image.resize(
       images, size, method=tf.image.ResizeMethod.BILINEAR, align_corners=True)
+  return tf.cast(resized, images.dtype)
 
 
 def stack_frames(features: tf.Tensor, num_frames) -> tf.Tensor:

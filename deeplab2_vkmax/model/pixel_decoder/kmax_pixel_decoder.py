@@ -2,10 +2,19 @@
 
 Starting from the OS32 encoder endpoint, each stage fuses the upsampled output of
 the previous stage with the next (LayerNorm-ed) encoder endpoint ("resized fuse":
-1x1 conv + BN on both, bilinear upsampling, sum, GELU), then runs its residual
-blocks: axial blocks at OS32/OS16, bottleneck blocks at OS8/OS4 (block counts
-1, 5, 1, 1). An optional fifth stage reaches OS2. Video-kMaX (Shin et al. 2024,
-Sec. 3.1) runs it per frame.
+GELU, 1x1 conv + BN on both, bilinear upsampling of the coarse one, sum), then
+runs its residual blocks: axial blocks at OS32/OS16, bottleneck blocks at
+OS8/OS4 (block counts 1, 5, 1, 1). An optional fifth stage reaches OS2.
+Video-kMaX (Shin et al. 2024, Sec. 3.1) runs it per frame.
+
+As DeepLab2 (`model/pixel_decoder/kmax.py`, `layers/resized_fuse.py`,
+`layers/axial_block_groups.py`), features between stages are NOT activated:
+every block applies GELU to its input (`blocks.BottleneckBlock`,
+`activate_input=True`) and returns its sum before the activation, so the
+'decoder_stage*' and 'decoder_output' endpoints are pre-activation (the kMaX
+transformer decoder applies GELU to its pixel inputs, the pixel-space head
+takes 'decoder_output' as is). The encoder endpoints it reads ('stage5' ..
+'stage1') are pre-activation too (see `resnet.py`).
 """
 
 from typing import Dict, Sequence
@@ -27,12 +36,14 @@ _ENDPOINTS = ('stage5', 'stage4', 'stage3', 'stage2', 'stage1')
 class ResizedFuse(keras.layers.Layer):
   """Fuses a low-resolution feature into a higher-resolution skip feature.
 
-  out = act(resize(BN(conv1x1(low))) + BN(conv1x1(skip))), sublayers
-  `_resized_conv_bn1` (low) and `_resized_conv_bn2` (skip).
+  out = resize(BN(conv1x1(act(low)))) + BN(conv1x1(act(skip))), not activated
+  (DeepLab2's ResizedFuse), sublayers `_resized_conv_bn1` (low) and
+  `_resized_conv_bn2` (skip). (DeepLab2 skips the conv of an input that already
+  has `filters` channels; the kMaX decoder widths never do.)
 
   Args:
     filters: output channels.
-    activation: activation after the sum.
+    activation: activation applied to both inputs before their convs.
     bn_momentum, bn_epsilon, use_sync_batchnorm: BN options.
 
   Call on (low [B, h, w, C1], skip [B, H, W, C2]); returns [B, H, W, filters].
@@ -63,10 +74,10 @@ class ResizedFuse(keras.layers.Layer):
 
   def call(self, inputs, training=False):
     low, skip = inputs
-    low = self._resized_conv_bn1(low, training=training)
+    low = self._resized_conv_bn1(self._activation_fn(low), training=training)
     low = resize.resize_bilinear(low, tf.shape(skip)[1:3])
-    skip = self._resized_conv_bn2(skip, training=training)
-    return self._activation_fn(low + skip)
+    skip = self._resized_conv_bn2(self._activation_fn(skip), training=training)
+    return low + skip
 
   def compute_output_shape(self, input_shape):
     return tuple(input_shape[1][:-1]) + (self.filters,)
@@ -100,7 +111,8 @@ class KMaXPixelDecoder(keras.layers.Layer):
   Call on the encoder endpoint dict ('stage5'..'stage2', plus 'stage1' for OS2).
   Returns a dict: 'decoder_stage1' [B, H/32, W/32, 4*widths[0]],
   'decoder_stage2' (OS16), 'decoder_stage3' (OS8), 'decoder_stage4' (OS4),
-  ['decoder_stage5' (OS2)], and 'decoder_output' = the last stage.
+  ['decoder_stage5' (OS2)], and 'decoder_output' = the last stage; all
+  before the activation (module docstring).
   """
 
   def __init__(self, *, widths: Sequence[int] = (512, 256, 128, 64),
@@ -146,7 +158,7 @@ class KMaXPixelDecoder(keras.layers.Layer):
             block_type=block_types[i], num_blocks=block_counts[i],
             filters=widths[i], activation=activation,
             drop_path_keep_prob=drop_path_keep_prob, num_heads=num_heads,
-            max_span=max_span, name=f'_stage{i}', **bn)
+            max_span=max_span, activate_input=True, name=f'_stage{i}', **bn)
          for i in range(num_stages)], name='_stages')
 
   @property

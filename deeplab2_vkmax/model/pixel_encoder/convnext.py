@@ -164,6 +164,11 @@ class ConvNeXt(keras.layers.Layer):
             getattr(self, f'_stage{stage}_blocks'))
 
   @property
+  def stage_block_counts(self) -> Tuple[int, ...]:
+    """Blocks per stage 2..5 after `depth_multiplier`."""
+    return tuple(len(self._stage_layers(stage)[2]) for stage in range(2, 6))
+
+  @property
   def output_channels(self) -> Dict[str, int]:
     """Channels of every endpoint."""
     channels = {}

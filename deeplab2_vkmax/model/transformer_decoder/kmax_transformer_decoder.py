@@ -86,7 +86,9 @@ class MemorySelfAttention(keras.layers.Layer):
     query, key, value = split_heads(query), split_heads(key), split_heads(value)
     similarity = tf.einsum('bnhd,bmhd->bhnm', query, key)  # [B, heads, N, N]
     similarity = self._batch_norm_similarity(similarity, training=training)
-    attention = tf.nn.softmax(similarity, axis=-1)
+    # Softmax in float32 under mixed precision, back to the compute dtype.
+    attention = tf.cast(tf.nn.softmax(tf.cast(similarity, tf.float32), axis=-1),
+                        similarity.dtype)
     retrieved = tf.einsum('bhnm,bmhd->bhnd', attention, value)  # [B, h, N, dv]
     retrieved = self._batch_norm_retrieved_value(retrieved, training=training)
     retrieved = tf.transpose(retrieved, [0, 2, 1, 3])  # [B, N, h, dv]
@@ -153,14 +155,20 @@ class KMaXTransformerLayer(keras.layers.Layer):
     self.use_sync_batchnorm = use_sync_batchnorm
     bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
               use_sync_batchnorm=use_sync_batchnorm)
-    conv1d = lambda name, filters, activation='none', gamma='ones': (
-        conv_bn_act.ConvBNAct(filters=filters, kernel_size=1, conv_type='1d',
-                              activation=activation, bn_gamma_initializer=gamma,
-                              name=name, **bn))
+    conv1d = lambda name, filters, activation='none', gamma='ones', init=(
+        'he_normal'): conv_bn_act.ConvBNAct(
+            filters=filters, kernel_size=1, conv_type='1d',
+            activation=activation, bn_gamma_initializer=gamma,
+            kernel_initializer=init, name=name, **bn)
+    # DeepLab2 initialises the value / qkv projections with the transformer
+    # std (bottleneck channels)^-0.5.
+    transformer_init = keras.initializers.TruncatedNormal(stddev=channels**-0.5)
     self._pixel_conv1_bn_act = conv1d('_pixel_conv1_bn_act', channels, 'gelu')
-    self._pixel_v_conv_bn = conv1d('_pixel_v_conv_bn', channels)
+    self._pixel_v_conv_bn = conv1d('_pixel_v_conv_bn', channels,
+                                   init=transformer_init)
     self._memory_conv1_bn_act = conv1d('_memory_conv1_bn_act', channels, 'gelu')
-    self._memory_qkv_conv_bn = conv1d('_memory_qkv_conv_bn', 2 * channels)
+    self._memory_qkv_conv_bn = conv1d('_memory_qkv_conv_bn', 2 * channels,
+                                      init=transformer_init)
     self._memory_attention = MemorySelfAttention(
         num_heads=num_heads, query_key_channels=channels // 2,
         value_channels=channels, name='_memory_attention', **bn)
