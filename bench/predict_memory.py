@@ -25,7 +25,6 @@ import sys
 import time
 
 import cv2
-import numpy as np
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

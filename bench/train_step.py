@@ -27,12 +27,25 @@ Memory: the R50 train step at 2 x 2 x 385 x 1249 peaks at 19.7 GB resident
 (1 x 2: 11.8 GB); on the shared 23 GB dev box it was once killed for memory while
 other jobs ran. Use --train_step_configs=tiny or --batch=1 there.
 Prints `uptime` before and after and a markdown table.
+
+Issue 8 ("steps/s and peak memory for the tiny and R50 configs on this CPU,
+float32 vs mixed precision"): with --compare_precision, every (config, dtype
+policy) pair runs in its own subprocess (so that the peak resident set size,
+`VmHWM` from /proc/self/status, belongs to it alone) and times the same train
+step with the model built under the policy (`export_model.dtype_policy_scope`)
+and, for mixed_float16, AdamW wrapped in `keras.optimizers.LossScaleOptimizer`:
+  python bench/train_step.py --compare_precision --configs=tiny \
+      --batch=2 --frames=2 --height=65 --width=129 --repeats=10
+  python bench/train_step.py --compare_precision --configs=r50 \
+      --batch=1 --frames=2 --height=129 --width=257 --repeats=2
 """
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
+import sys
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -42,6 +55,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab2_vkmax import common
+from deeplab2_vkmax import export_model
 from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.model import clip_kmax
 from deeplab2_vkmax.model.loss import clip_targets
@@ -204,6 +218,80 @@ def bench_config(config, images, labels, repeats, matcher_repeats, train_step):
   return rows
 
 
+def _status_kib(field: str) -> int:
+  with open('/proc/self/status') as status:
+    for line in status:
+      if line.startswith(field + ':'):
+        return int(line.split()[1])
+  raise KeyError(field)
+
+
+def _precision_child(config, policy, images, labels, repeats):
+  """Times one train step of `config` under dtype `policy`; returns a dict."""
+  keras.utils.set_random_seed(0)
+  kwargs = _model_kwargs(config)
+  batch = images.shape[0]
+  loss = kmax_loss.KMaXLoss(
+      num_classes=_DESCRIPTOR.num_classes, ignore_label=_DESCRIPTOR.ignore_label,
+      label_divisor=_DESCRIPTOR.panoptic_label_divisor,
+      thing_class_ids=_DESCRIPTOR.class_has_instances_list,
+      num_mask_slots=kwargs.get('num_mask_slots', 128))
+  y_true = {common.PANOPTIC_LABEL: labels}
+  with export_model.dtype_policy_scope(policy):
+    model = clip_kmax.ClipKMaX(**kwargs)
+    model(images[:1, :1], training=False)
+  optimizer = keras.optimizers.AdamW(1e-4, weight_decay=0.05)
+  if policy == 'mixed_float16':
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  optimizer.build(model.trainable_variables)
+  scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+  @tf.function(autograph=False)
+  def step():
+    with tf.GradientTape() as tape:
+      outputs = model(images, training=True)
+      total = tf.reduce_sum(loss(y_true, outputs)[common.TOTAL_LOSS]) / batch
+      target = optimizer.scale_loss(total) if scaled else total
+    grads = tape.gradient(target, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    return total
+
+  first, median = _timed(step, repeats)
+  total = float(step())
+  return dict(config=config, policy=policy, shape=list(images.shape[:4]),
+              first_call_s=first, step_s=median, steps_per_second=1.0 / median,
+              final_loss=total, peak_rss_gib=_status_kib('VmHWM') / 2**20)
+
+
+def compare_precision(args):
+  """Runs every (config, policy) in a subprocess; prints a markdown table."""
+  print('uptime before:', _uptime(), flush=True)
+  flags = [f'--batch={args.batch}', f'--frames={args.frames}', f'--height={args.height}',
+           f'--width={args.width}', f'--repeats={args.repeats}']
+  rows = []
+  for config in args.configs.split(','):
+    for policy in args.policies.split(','):
+      command = [sys.executable, __file__, '--_child', f'--configs={config}',
+                 f'--policies={policy}'] + flags
+      run = subprocess.run(command, capture_output=True, text=True,
+                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'), check=False)
+      if run.returncode:
+        sys.exit(f'{config} / {policy} failed:\n{run.stderr[-3000:]}')
+      result = json.loads(run.stdout.strip().splitlines()[-1])
+      print(f'  {json.dumps(result)}', flush=True)
+      rows.append(result)
+  print('uptime after:', _uptime())
+  print(f'\nTF {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores, graph '
+        'mode (no XLA); AdamW (+ LossScaleOptimizer for mixed_float16)\n')
+  print('| config | policy | input [B, T, H, W] | s / step (median) | steps / s | '
+        'first call (trace + run) | peak RSS (GiB) | loss after the timed steps |')
+  print('| --- | --- | --- | --- | --- | --- | --- | --- |')
+  for r in rows:
+    print(f'| {r["config"]} | {r["policy"]} | {r["shape"]} | {r["step_s"]:.3f} | '
+          f'{r["steps_per_second"]:.2f} | {r["first_call_s"]:.1f} s | '
+          f'{r["peak_rss_gib"]:.2f} | {r["final_loss"]:.3f} |')
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--configs', default='tiny,r50')
@@ -217,8 +305,21 @@ def main():
   parser.add_argument('--train_step_configs', default='tiny,r50',
                       help='configs whose full train step is timed (the '
                       'others: loss and matching only)')
+  parser.add_argument('--compare_precision', action='store_true',
+                      help='steps/s and peak RSS of the train step per dtype policy '
+                      '(one subprocess each)')
+  parser.add_argument('--policies', default='float32,mixed_bfloat16,mixed_float16',
+                      help='dtype policies of --compare_precision')
+  parser.add_argument('--_child', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.compare_precision:
+    compare_precision(args)
+    return
   images, labels = _make_clips(args.batch, args.frames, args.height, args.width)
+  if args._child:  # pylint: disable=protected-access
+    print(json.dumps(_precision_child(args.configs, args.policies, images, labels,
+                                      args.repeats)))
+    return
   print('uptime before:', _uptime(), flush=True)
   rows = []
   for config in args.configs.split(','):

@@ -24,13 +24,18 @@ _PARSE_ERROR_RE = re.compile(r'^(\d+):(\d+) : (.*)$', re.DOTALL)
 # Allowed values of the string fields that select behaviour:
 # (message path, field) -> allowed values.
 _CHOICES = {
-    ('model_options.backbone', 'name'): ('resnet50', 'convnext_tiny', 'convnext_small',
-                                         'convnext_base', 'convnext_large'),
+    ('model_options.backbone', 'name'): ('resnet50', 'resnet50_keras', 'axial_resnet50',
+                                         'convnext_tiny',
+                                         'convnext_small', 'convnext_base',
+                                         'convnext_large'),
     ('trainer_options.solver_options', 'optimizer'): ('adamw', 'adam', 'sgd'),
     ('trainer_options.solver_options', 'learning_policy'): ('poly', 'cosine'),
+    ('trainer_options.solver_options', 'mixed_precision'): ('float32', 'mixed_float16',
+                                                            'mixed_bfloat16'),
     ('trainer_options.loss_options.semantic_loss', 'name'): ('softmax_cross_entropy',),
     ('evaluator_options', 'transformer_post_processing'): ('maskwise', 'pixelwise'),
-    ('evaluator_options.association', 'memory_type'): ('hila', 'naive', 'none'),
+    ('evaluator_options.association', 'memory_type'): ('hila', 'naive', 'none',
+                                                       'location'),
     ('evaluator_options.association', 'stitching_score'): ('iou', 'dice'),
     ('evaluator_options.association', 'distance'): ('squared_l2', 'l2'),
 }
@@ -145,6 +150,11 @@ def validate_experiment_config(config: config_pb2.ExperimentOptions, path: str =
     raise _error(path, text, 'trainer_options.save_summaries_steps',
                  f'must be a multiple of steps_per_loop ({trainer.steps_per_loop}), got '
                  f'{trainer.save_summaries_steps}')
+  if (trainer.save_image_summaries_steps < 0 or
+      trainer.save_image_summaries_steps % trainer.steps_per_loop):
+    raise _error(path, text, 'trainer_options.save_image_summaries_steps',
+                 f'must be 0 (off) or a positive multiple of steps_per_loop '
+                 f'({trainer.steps_per_loop}), got {trainer.save_image_summaries_steps}')
   solver = config.trainer_options.solver_options
   if solver.training_number_of_steps <= 0:
     raise _error(path, text, 'trainer_options.solver_options.training_number_of_steps',

@@ -13,10 +13,14 @@ same in every frame of the clip), `segment_classes` [N], `segment_scores` [N],
 `query_embeddings` [N, E] and `segment_boxes` [T, N, 4] (normalised to the input
 size). Frames are padded bottom/right to the next 32k + 1 size (kMaX's crop
 grid) with the mean pixel inside the graph, and the outputs cropped back.
+
+The model computes under the run's `solver_options.mixed_precision` policy;
+the interface is the same under every policy (uint8 in, float32/int32 out).
 """
 
+import contextlib
 import os
-from typing import Dict
+from typing import Dict, Iterator
 
 from absl import app
 from absl import flags
@@ -31,6 +35,34 @@ from deeplab2_vkmax.model import checkpoint_utils
 from deeplab2_vkmax.protos import config_pb2
 
 _GRID = 32  # kMaX crops are 32k + 1 pixels: every stride-2 stage stays aligned.
+# `SolverOptions.mixed_precision` values: Keras 3 dtype policy names.
+MIXED_PRECISION_POLICIES = ('float32', 'mixed_float16', 'mixed_bfloat16')
+
+
+@contextlib.contextmanager
+def dtype_policy_scope(policy: str) -> Iterator[None]:
+  """Makes `policy` the global Keras dtype policy inside the block only.
+
+  Keras 3 layers take the global policy when they are constructed and keep it,
+  so building a model inside this block gives a mixed-precision model while
+  code that runs after it (other models, tests in the same process) still
+  sees the previous policy.
+
+  Args:
+    policy: One of `MIXED_PRECISION_POLICIES`.
+
+  Raises:
+    ValueError: If `policy` is not one of them.
+  """
+  if policy not in MIXED_PRECISION_POLICIES:
+    raise ValueError(f'mixed_precision must be one of {", ".join(MIXED_PRECISION_POLICIES)}; '
+                     f'got "{policy}"')
+  previous = keras.config.dtype_policy()
+  keras.config.set_dtype_policy(policy)
+  try:
+    yield
+  finally:
+    keras.config.set_dtype_policy(previous)
 
 
 class ClipKMaXExportModule(tf.Module):
@@ -98,9 +130,12 @@ def export_from_checkpoint(config: config_pb2.ExperimentOptions, checkpoint_path
                            output_path: str) -> str:
   """Builds the model of `config`, restores `checkpoint_path` and exports it."""
   descriptor = dataset_lib.get_dataset_descriptor(config.train_dataset_options.dataset)
-  model = builder.build_model(config, descriptor)
   options = config.train_dataset_options
-  model(tf.zeros([1, options.clip_length, *options.crop_size, 3]), training=False)
+  # The run's dtype policy, as train_and_eval's export; variables are float32
+  # under every policy, so any run's checkpoint restores.
+  with dtype_policy_scope(config.trainer_options.solver_options.mixed_precision):
+    model = builder.build_model(config, descriptor)
+    model(tf.zeros([1, options.clip_length, *options.crop_size, 3]), training=False)
   # Strict: every model variable must come from the checkpoint (ValueError
   # listing the unmatched ones otherwise).
   checkpoint_utils.restore_checkpoint(model, checkpoint_path)

@@ -213,3 +213,36 @@ def colourise_semantic(semantic: np.ndarray,
   """uint8 [H, W, 3] class colours of an int [H, W] semantic map (void black)."""
   colormap = dataset_colormap(descriptor) if colormap is None else colormap
   return colormap[np.clip(np.asarray(semantic), 0, len(colormap) - 1)]
+
+
+def clip_summary_image(frames: np.ndarray, ground_truth: np.ndarray, prediction: np.ndarray,
+                       descriptor: dataset_lib.DatasetDescriptor) -> np.ndarray:
+  """One image of a clip: per frame (rows) the input, ground truth and prediction.
+
+  Used for the trainer's image summaries. Thing tubes take `track_colour` of their
+  id, so a tube has one colour in every frame of the clip.
+
+  Args:
+    frames: [T, H, W, 3] pixel values in [0, 255] (any real or integer dtype).
+    ground_truth: int [T, H, W] panoptic labels.
+    prediction: int [T, H, W] predicted panoptic maps.
+    descriptor: The data set descriptor (colours, divisor, thing classes).
+
+  Returns:
+    uint8 [T * H, 3 * W, 3]: row t is frame t | ground truth t | prediction t.
+
+  Raises:
+    ValueError: If the three inputs do not share [T, H, W].
+  """
+  frames = np.asarray(frames)
+  ground_truth = np.asarray(ground_truth)
+  prediction = np.asarray(prediction)
+  if (frames.ndim != 4 or frames.shape[:3] != ground_truth.shape or
+      ground_truth.shape != prediction.shape):
+    raise ValueError(f'frames {frames.shape}, ground_truth {ground_truth.shape} and prediction '
+                     f'{prediction.shape} must be [T, H, W, 3], [T, H, W] and [T, H, W].')
+  rows = [np.concatenate([np.clip(np.round(frame), 0, 255).astype(np.uint8),
+                          colourise_panoptic(truth, descriptor),
+                          colourise_panoptic(predicted, descriptor)], axis=1)
+          for frame, truth, predicted in zip(frames, ground_truth, prediction)]
+  return np.concatenate(rows, axis=0)

@@ -63,8 +63,13 @@ def resolve_file_patterns(options: dataset_pb2.DatasetOptions) -> List[str]:
 
 def build_train_dataset(options: dataset_pb2.DatasetOptions,
                         descriptor: dataset_lib.DatasetDescriptor,
-                        batch_size: int) -> tf.data.Dataset:
-  """Shuffled, augmented clip batches [B, T, H, W, ...] for training."""
+                        batch_size: int, num_shards: int = 1,
+                        shard_index: int = 0) -> tf.data.Dataset:
+  """Shuffled, augmented clip batches [B, T, H, W, ...] for training.
+
+  `num_shards` > 1 keeps shard `shard_index` of the clips (one per input
+  pipeline under multi-worker training; see `clip_reader.build_clip_dataset`).
+  """
   augment = options.augmentations
   return clip_reader.build_clip_dataset(
       resolve_file_patterns(options),
@@ -82,7 +87,9 @@ def build_train_dataset(options: dataset_pb2.DatasetOptions,
       max_thing_id=options.max_thing_id,
       shuffle_buffer=options.shuffle_buffer_size,
       seed=options.seed if options.HasField('seed') else None,
-      deterministic=options.HasField('seed'))
+      deterministic=options.HasField('seed'),
+      num_shards=num_shards,
+      shard_index=shard_index)
 
 
 def iterate_eval_clips(options: dataset_pb2.DatasetOptions,

@@ -3,7 +3,10 @@
 `eval_step` runs the model and the in-graph tube post-processor on one clip
 (inside a tf.function); `eval_reduce` hands the clip to the host-side
 `VideoScorer` (video stitching + HiLA-MB, then STQ); `eval_end` returns STQ, AQ
-and SQ and writes them, per sequence too, as JSON under the eval directory.
+and IoU (STQ's segmentation quality SQ) and writes them, per sequence too, as JSON
+under the eval directory (where IoU is named SQ). Orbit's controller writes the
+returned dict as scalar summaries under their names, unprefixed, into the eval
+summary directory: `evaluation/step/{STQ,AQ,IoU,VPQ}`.
 """
 
 import json
@@ -97,7 +100,7 @@ class ClipKMaXEvaluator(orbit.StandardEvaluator):
     step = int(self._global_step.numpy())
     logs = {'evaluation/step/STQ': float(result['STQ']),
             'evaluation/step/AQ': float(result['AQ']),
-            'evaluation/step/SQ': float(result['IoU'])}
+            'evaluation/step/IoU': float(result['IoU'])}
     self._log_fn(format_result_table(result, step, state.num_sequences, state.num_frames))
     vpq = state.metrics.get('vpq')
     if vpq is not None:

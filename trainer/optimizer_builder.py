@@ -3,7 +3,8 @@
 Poly and cosine decay with linear warm-up (DeepLab2's `learning_policy`), AdamW
 with decoupled weight decay on convolution/dense kernels only, Adam and SGD with
 an L2 term on kernels, and DeepLab2's backbone learning-rate multiplier as a second
-optimiser over the pixel encoder's variables.
+optimiser over the pixel encoder's variables. Under `mixed_float16` every
+optimiser is wrapped in a `keras.optimizers.LossScaleOptimizer`.
 """
 
 from typing import Sequence
@@ -11,7 +12,10 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from deeplab2_vkmax import export_model
 from deeplab2_vkmax.protos import trainer_pb2
+
+MIXED_PRECISION_POLICIES = export_model.MIXED_PRECISION_POLICIES
 
 # Variables that weight decay applies to (DeepLab2 decays kernels only).
 _DECAYED_VARIABLE_NAMES = ('kernel', 'depthwise_kernel', 'pointwise_kernel', 'qkv_kernel')
@@ -94,7 +98,10 @@ def build_optimizer(solver: trainer_pb2.SolverOptions, variables: Sequence[tf.Va
     multiplier: Learning-rate multiplier (the backbone's, or 1.0).
 
   Returns:
-    A built Keras 3 optimiser.
+    A built Keras 3 optimiser; under `mixed_precision: "mixed_float16"` a
+    `keras.optimizers.LossScaleOptimizer` around it (dynamic loss scale,
+    initial 2**15, doubled after 2000 finite steps, halved and the step
+    skipped on non-finite gradients).
   """
   learning_rate = build_learning_rate(solver, multiplier)
   if solver.optimizer == 'adamw':
@@ -109,8 +116,25 @@ def build_optimizer(solver: trainer_pb2.SolverOptions, variables: Sequence[tf.Va
     optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
   else:
     raise ValueError(f'optimizer must be one of adamw, adam, sgd; got "{solver.optimizer}"')
+  if uses_loss_scaling(solver):
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   optimizer.build(list(variables))
   return optimizer
+
+
+def uses_loss_scaling(solver: trainer_pb2.SolverOptions) -> bool:
+  """Whether the optimisers are wrapped for dynamic loss scaling.
+
+  Only `mixed_float16` needs it: float16's 5 exponent bits underflow small
+  gradients, bfloat16 has float32's exponent range.
+
+  Raises:
+    ValueError: If `solver.mixed_precision` is not a known policy.
+  """
+  if solver.mixed_precision not in MIXED_PRECISION_POLICIES:
+    raise ValueError(f'mixed_precision must be one of {", ".join(MIXED_PRECISION_POLICIES)}; '
+                     f'got "{solver.mixed_precision}"')
+  return solver.mixed_precision == 'mixed_float16'
 
 
 def l2_regularization(solver: trainer_pb2.SolverOptions, variables: Sequence[tf.Variable]):

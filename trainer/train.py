@@ -5,6 +5,9 @@
 
 Modes: train, eval, train_and_eval, continuous_eval, export. A bad config or bad
 data makes it exit non-zero with one line naming the file and field; no traceback.
+With `TF_CONFIG` set, every worker runs the same `--mode=train` command
+(MultiWorkerMirroredStrategy). SIGTERM / SIGINT during training saves a checkpoint
+after the current loop and exits with 128 + the signal number (143 / 130).
 """
 
 import os
@@ -53,6 +56,10 @@ def main(argv):
   try:
     strategy = train_lib.create_strategy(_NUM_GPUS.value, _MASTER.value)
     train_lib.run_experiment(_MODE.value, config, _MODEL_DIR.value, strategy=strategy)
+  except train_lib.Preempted as e:
+    # The checkpoint is saved and the line printed; a non-zero code makes a
+    # scheduler restart the job, which resumes from that checkpoint.
+    return e.exit_code
   except (ValueError, FileNotFoundError) as e:
     # Bad data, a missing checkpoint, an unmatched file pattern: one line. Set
     # VKMAX_TRACEBACK=1 to see where it was raised.

@@ -292,7 +292,9 @@ def build_clip_dataset(file_pattern: Union[str, Sequence[str]], *,
                        deterministic: bool = False,
                        drop_remainder: bool = True,
                        repeat: Optional[bool] = None,
-                       window_shift: int = 1) -> tf.data.Dataset:
+                       window_shift: int = 1,
+                       num_shards: int = 1,
+                       shard_index: int = 0) -> tf.data.Dataset:
   """Builds the batched clip dataset (sample dict in the module docstring).
 
   Args:
@@ -317,6 +319,11 @@ def build_clip_dataset(file_pattern: Union[str, Sequence[str]], *,
     drop_remainder: Drop the last partial batch (static batch dimension).
     repeat: Repeat forever; defaults to `is_training`.
     window_shift: Frames between the starts of consecutive candidate clips.
+    num_shards: Input pipelines reading the data (multi-worker training); this
+      one keeps shard `shard_index`: whole files when there are at least
+      `num_shards` of them, else every `num_shards`-th clip (before decoding,
+      in a fixed order).
+    shard_index: Which shard, in [0, num_shards).
 
   Returns:
     A `tf.data.Dataset` of sample dicts.
@@ -326,7 +333,13 @@ def build_clip_dataset(file_pattern: Union[str, Sequence[str]], *,
   """
   _validate(clip_length, frame_stride, batch_size, crop_size, min_scale_factor,
             max_scale_factor, scale_factor_step_size, window_shift)
+  if not 0 <= shard_index < num_shards:
+    raise ValueError(f'Need 0 <= shard_index < num_shards, got {shard_index} and '
+                     f'{num_shards}.')
   files = expand_file_pattern(file_pattern)
+  shard_files = len(files) >= num_shards
+  if shard_files:
+    files = files[shard_index::num_shards]
   crop_size = (int(crop_size[0]), int(crop_size[1]))
   repeat = is_training if repeat is None else repeat
   autotune = tf.data.AUTOTUNE
@@ -353,7 +366,10 @@ def build_clip_dataset(file_pattern: Union[str, Sequence[str]], *,
   # Windows are formed inside each file: shards hold whole sequences.
   dataset = dataset.interleave(file_to_clips, cycle_length=min(len(files), 4),
                                block_length=1, num_parallel_calls=autotune,
-                               deterministic=deterministic or not is_training)
+                               deterministic=(deterministic or not is_training or
+                                              not shard_files))
+  if not shard_files:
+    dataset = dataset.shard(num_shards, shard_index)
   if is_training:
     dataset = dataset.shuffle(shuffle_buffer, seed=seed,
                               reshuffle_each_iteration=True)

@@ -1,5 +1,7 @@
 """OneDevice and MirroredStrategy train the same model identically (issue 8).
 
+(Also: `solver_options.use_sync_batchnorm` reaches every batch norm, off by default.)
+
 The project's `ClipKMaXTrainer` (orbit) trains the tiny clip-kMaX for 3 steps on
 one fixed global batch of 2 synthetic clips with the project's AdamW
 (`optimizer_builder.build_optimizer`, weight decay on), once under
@@ -15,7 +17,8 @@ prints its measurements as JSON.
 Determinism:
 - Synchronized batch norm (`use_sync_batchnorm=True`) in both runs, so the
   replicas normalise with both clips' statistics as the single device does.
-- Drop path is off (`tiny_model_kwargs`: transformer keep prob 1.0, backbone 1.0).
+- Drop path is off (`tiny_model_kwargs`: transformer keep prob 1.0, backbone 1.0),
+  and so is the ASPP dropout (`aspp_dropout_rate=0`).
 - Instance discrimination: `instance_discrimination_sample_k` (4096) is above the
   clip's pixel count at output stride 4 (2 x 9 x 17 = 306), so every pixel is
   drawn and the loss does not depend on the order; the loss_fn wrapper passes a
@@ -30,11 +33,21 @@ Determinism:
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
+
+from deeplab2_vkmax import config as config_lib
+from deeplab2_vkmax.model import builder
+from deeplab2_vkmax.model.layers import normalization
+from deeplab2_vkmax.trainer import data_lib
+
+TINY = (pathlib.Path(__file__).resolve().parents[2] / 'configs' / 'synthetic' /
+        'clip_kmax_tiny.textproto')
 
 # Losses: float32 sums in a different order (all-reduce of BN statistics and of
 # the gradients): relative 1e-5 per step (measured 2.5e-7). Weights (trainable
@@ -84,6 +97,7 @@ for i in range(2):
   labels[i, :, :32, :64] = sequence.panoptic
 kwargs = clip_kmax.tiny_model_kwargs(num_classes=6)
 kwargs['use_sync_batchnorm'] = True
+kwargs['aspp_dropout_rate'] = 0.0  # Random masks would differ between the runs.
 loss = kmax_loss.KMaXLoss(
     num_classes=6, ignore_label=255, label_divisor=1000, thing_class_ids=(4, 5),
     num_mask_slots=kwargs['num_mask_slots'])
@@ -175,3 +189,25 @@ def test_one_device_and_mirrored_training_agree():
   assert np.all(error <= bound), (
       f'{result["names"][worst]} differs by {error[worst]:.3g} (bound {bound[worst]:.3g}; '
       f'largest error {error.max():.3g}, moved by up to {moved[worst]:.3g})')
+
+
+def _batch_norms(model):
+  """Every batch-norm layer of `model` (Keras' and the project's axis BN)."""
+  return [layer for layer in model._flatten_layers(include_self=False)  # pylint: disable=protected-access
+          if isinstance(layer, (keras.layers.BatchNormalization,
+                                normalization.AxisBatchNormalization))]
+
+
+@pytest.mark.parametrize('sync', [None, False, True])
+def test_sync_batchnorm_option_reaches_every_batch_norm(sync):
+  config = config_lib.load_experiment_config(str(TINY))
+  if sync is not None:
+    config.trainer_options.solver_options.use_sync_batchnorm = sync
+  model = builder.build_model(config, data_lib.dataset_descriptor(config.train_dataset_options))
+  layers = _batch_norms(model)
+  # Stem, residual blocks, axial attention, pixel decoder, transformer decoder,
+  # heads: the tiny model has well over a hundred.
+  assert len(layers) > 100
+  assert any(isinstance(layer, normalization.AxisBatchNormalization) for layer in layers)
+  unset = [layer.name for layer in layers if layer.synchronized != bool(sync)]
+  assert not unset, unset  # Off by default (sync None).

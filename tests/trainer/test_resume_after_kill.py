@@ -23,7 +23,6 @@ import pathlib
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -32,9 +31,9 @@ import tensorflow as tf
 
 from deeplab2_vkmax import config as config_lib
 from deeplab2_vkmax.trainer import train_lib
+import tiny_runs
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-TINY = REPO / 'configs' / 'synthetic' / 'clip_kmax_tiny.textproto'
+REPO = tiny_runs.REPO
 
 _TOTAL_STEPS = 15
 _INTERVAL = 5
@@ -43,31 +42,9 @@ _STEP_KEY = 'global_step/.ATTRIBUTES/VARIABLE_VALUE'
 
 
 def _write_config(tmp_path) -> pathlib.Path:
-  config = config_lib.load_experiment_config(str(TINY))
-  for options in (config.train_dataset_options, config.eval_dataset_options):
-    options.synthetic.root_dir = str(tmp_path / 'synthetic')
-  config.train_dataset_options.batch_size = 2
-  trainer = config.trainer_options
-  trainer.steps_per_loop = _INTERVAL
-  trainer.save_summaries_steps = _INTERVAL
-  trainer.save_checkpoints_steps = _INTERVAL
-  trainer.num_checkpoints_to_keep = 10
-  trainer.solver_options.training_number_of_steps = _TOTAL_STEPS
-  trainer.solver_options.warmup_steps = 0
-  config_lib.validate_experiment_config(config)
-  path = tmp_path / 'tiny.textproto'
-  path.write_text(str(config))
-  return path
-
-
-def _command(config_path, model_dir):
-  return [sys.executable, 'trainer/train.py', f'--config_file={config_path}', '--mode=train',
-          f'--model_dir={model_dir}']
-
-
-def _env():
-  return dict(os.environ, CUDA_VISIBLE_DEVICES='', TF_CPP_MIN_LOG_LEVEL='2',
-              PYTHONUNBUFFERED='1')
+  config = tiny_runs.tiny_config(tmp_path, steps=_TOTAL_STEPS, steps_per_loop=_INTERVAL,
+                                 warmup_steps=0, num_checkpoints_to_keep=10)
+  return tiny_runs.write_config(config, tmp_path / 'tiny.textproto')
 
 
 def _checkpoint_paths(run_dir: pathlib.Path):
@@ -118,8 +95,8 @@ def test_sigkill_after_checkpoint_resumes_with_optimizer_state(tmp_path):
   model_dir = tmp_path / 'runs'
   run_dir = model_dir / 'clip_kmax_tiny_synthetic'
   log = open(tmp_path / 'first.log', 'w')
-  first = subprocess.Popen(_command(config_path, model_dir), cwd=REPO, env=_env(), stdout=log,
-                           stderr=subprocess.STDOUT)
+  first = subprocess.Popen(tiny_runs.train_command(config_path, model_dir), cwd=REPO,
+                           env=tiny_runs.subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
   try:
     paths = _wait_for_checkpoint(first, run_dir)
     first.send_signal(signal.SIGKILL)
@@ -141,8 +118,8 @@ def test_sigkill_after_checkpoint_resumes_with_optimizer_state(tmp_path):
   assert len(velocity_keys) > 100
   old_velocities = {key: killed_at.get_tensor(key) for key in velocity_keys}
 
-  second = subprocess.run(_command(config_path, model_dir), cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=300)
+  second = subprocess.run(tiny_runs.train_command(config_path, model_dir), cwd=REPO,
+                          env=tiny_runs.subprocess_env(), capture_output=True, text=True, timeout=300)
   assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
   steps = [int(m.group(1)) for m in re.finditer(rf'^step (\d+)/{_TOTAL_STEPS} \|',
                                                 second.stdout, re.MULTILINE)]

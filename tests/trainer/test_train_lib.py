@@ -1,6 +1,5 @@
 """End-to-end tests of the main job (trainer/train.py, train_lib): train, eval, export."""
 
-import os
 import pathlib
 import subprocess
 import sys
@@ -15,24 +14,15 @@ from deeplab2_vkmax import config as config_lib
 from deeplab2_vkmax.model import builder
 from deeplab2_vkmax.trainer import data_lib
 from deeplab2_vkmax.trainer import train_lib
+import tiny_runs
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-TINY = REPO / 'configs' / 'synthetic' / 'clip_kmax_tiny.textproto'
+REPO = tiny_runs.REPO
+TINY = tiny_runs.TINY
 R50 = REPO / 'configs' / 'kitti_step' / 'clip_kmax_r50.textproto'
 
 
 def _tiny_config(tmp_path, steps):
-  config = config_lib.load_experiment_config(str(TINY))
-  for options in (config.train_dataset_options, config.eval_dataset_options):
-    options.synthetic.root_dir = str(tmp_path / 'synthetic')
-  trainer = config.trainer_options
-  trainer.steps_per_loop = 100
-  trainer.save_summaries_steps = 100
-  trainer.save_checkpoints_steps = 100
-  trainer.solver_options.training_number_of_steps = steps
-  config.evaluator_options.eval_interval = steps
-  config_lib.validate_experiment_config(config)
-  return config
+  return tiny_runs.tiny_config(tmp_path, steps=steps, steps_per_loop=100, batch_size=None)
 
 
 def test_train_py_rejects_a_misspelled_field_in_one_line(tmp_path):
