@@ -65,6 +65,7 @@ for i in range(2):
 global_batch = 2
 kwargs = clip_kmax.tiny_model_kwargs(num_classes=6)
 kwargs['use_sync_batchnorm'] = True
+kwargs['aspp_dropout_rate'] = 0.0  # Random masks would differ between the two models.
 loss_fn = kmax_loss.KMaXLoss(
     num_classes=6, ignore_label=255, label_divisor=1000, thing_class_ids=(4, 5),
     num_mask_slots=kwargs['num_mask_slots'])
