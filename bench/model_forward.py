@@ -23,13 +23,7 @@ import subprocess
 import sys
 import time
 
-
-def _status_kib(field: str) -> int:
-  with open('/proc/self/status') as status:
-    for line in status:
-      if line.startswith(field + ':'):
-        return int(line.split()[1])
-  raise KeyError(field)
+import proc_status
 
 
 def _child(args) -> dict:
@@ -46,7 +40,7 @@ def _child(args) -> dict:
     shape = [1, args.frames, args.height, args.width, 3]
   clip = tf.random.uniform(shape, maxval=255.0)
   model.build(shape)
-  rss_weights_kib = _status_kib('VmRSS')
+  rss_weights_kib = proc_status.status_kib('VmRSS')
 
   if args.tiny_train:
     @tf.function
@@ -75,7 +69,7 @@ def _child(args) -> dict:
               frame_s=clip_s / (shape[0] * shape[1]),
               parameters=int(sum(int(tf.size(v)) for v in model.trainable_variables)),
               rss_weights_gib=rss_weights_kib / 2**20,
-              peak_rss_gib=_status_kib('VmHWM') / 2**20)
+              peak_rss_gib=proc_status.status_kib('VmHWM') / 2**20)
 
 
 def main():

@@ -48,6 +48,8 @@ import subprocess
 import sys
 import time
 
+import proc_status
+
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import keras  # pylint: disable=g-import-not-at-top
@@ -218,14 +220,6 @@ def bench_config(config, images, labels, repeats, matcher_repeats, train_step):
   return rows
 
 
-def _status_kib(field: str) -> int:
-  with open('/proc/self/status') as status:
-    for line in status:
-      if line.startswith(field + ':'):
-        return int(line.split()[1])
-  raise KeyError(field)
-
-
 def _precision_child(config, policy, images, labels, repeats):
   """Times one train step of `config` under dtype `policy`; returns a dict."""
   keras.utils.set_random_seed(0)
@@ -260,7 +254,7 @@ def _precision_child(config, policy, images, labels, repeats):
   total = float(step())
   return dict(config=config, policy=policy, shape=list(images.shape[:4]),
               first_call_s=first, step_s=median, steps_per_second=1.0 / median,
-              final_loss=total, peak_rss_gib=_status_kib('VmHWM') / 2**20)
+              final_loss=total, peak_rss_gib=proc_status.status_kib('VmHWM') / 2**20)
 
 
 def compare_precision(args):

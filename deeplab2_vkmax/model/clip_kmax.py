@@ -30,20 +30,13 @@ from deeplab2_vkmax.model.transformer_decoder import kmax_transformer_decoder
 _TRANSFORMER_INPUTS = ('decoder_stage1', 'decoder_stage2', 'decoder_stage3')
 
 
-def _resnet50(width_multiplier: float, block_counts: Optional[Sequence[int]],
-              drop_path_keep_prob: float, bn: Dict[str, Any]) -> keras.layers.Layer:
-  return resnet.ResNet(width_multiplier=width_multiplier,
-                       block_counts=block_counts or (3, 4, 6, 3),
-                       drop_path_keep_prob=drop_path_keep_prob, name='encoder', **bn)
-
-
-def _resnet50_keras(width_multiplier: float,
-                    block_counts: Optional[Sequence[int]],
-                    drop_path_keep_prob: float,
-                    bn: Dict[str, Any]) -> keras.layers.Layer:
-  return resnet.ResNet(width_multiplier=width_multiplier,
-                       block_counts=block_counts or (3, 4, 6, 3), layout='keras',
-                       drop_path_keep_prob=drop_path_keep_prob, name='encoder', **bn)
+def _resnet50(layout: str) -> Callable[..., keras.layers.Layer]:
+  def build(width_multiplier: float, block_counts: Optional[Sequence[int]],
+            drop_path_keep_prob: float, bn: Dict[str, Any]) -> keras.layers.Layer:
+    return resnet.ResNet(width_multiplier=width_multiplier,
+                         block_counts=block_counts or (3, 4, 6, 3), layout=layout,
+                         drop_path_keep_prob=drop_path_keep_prob, name='encoder', **bn)
+  return build
 
 
 def _axial_resnet50(width_multiplier: float,
@@ -69,10 +62,10 @@ def _convnext(variant: str) -> Callable[..., keras.layers.Layer]:
 # backbone_name -> encoder constructor (width multiplier, block counts or None
 # for the backbone's own, drop-path keep probability, BN options).
 ENCODERS: Dict[str, Callable[..., keras.layers.Layer]] = {
-    'resnet50': _resnet50,
+    'resnet50': _resnet50('deeplab2'),
     # The same variables in Keras Applications' ResNet50 layout (max pool,
     # stride on the 1x1 conv), for its ImageNet weights; see resnet.py.
-    'resnet50_keras': _resnet50_keras,
+    'resnet50_keras': _resnet50('keras'),
     # DeepLab2's name for Axial-ResNet-50 (the MaX-DeepLab-S backbone), the
     # paper's "Axial-ResNet50-B1".
     'axial_resnet50': _axial_resnet50,

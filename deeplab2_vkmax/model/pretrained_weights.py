@@ -70,6 +70,13 @@ _BLOCK_CONVS = {'1': '_conv1_bn_act', '2': '_conv2_bn_act', '3': '_conv3_bn',
                 '0': '_shortcut'}
 
 
+def _assign(ours: Dict[str, tf.Variable], values: Dict[str, np.ndarray]) -> int:
+  """Assigns every matched value to its variable; returns how many."""
+  for key, value in values.items():
+    ours[key].assign(tf.constant(value, dtype=ours[key].dtype))
+  return len(values)
+
+
 def resnet50_name_map() -> Dict[str, Tuple[str, str]]:
   """Our encoder key -> (Keras ResNet50 layer, weight name); see module doc.
 
@@ -153,9 +160,7 @@ def load_keras_resnet50_weights(encoder: keras.layers.Layer, path: str) -> int:
         f'encoder variables with no Keras weight: {unmapped}\n'
         f'mapped names the encoder lacks: {absent}\n'
         f'shape mismatches: {mismatched}')
-  for key, value in values.items():
-    ours[key].assign(tf.constant(value, dtype=ours[key].dtype))
-  return len(values)
+  return _assign(ours, values)
 
 
 # BackboneOptions.name -> Keras Applications ConvNeXt constructor name.
@@ -285,9 +290,7 @@ def load_keras_convnext_weights(encoder: keras.layers.Layer, path: str,
         f'mapped names the encoder or the Keras model lacks: {sorted(absent)}\n'
         f'Keras weights left unused: {unused}\n'
         f'shape mismatches: {mismatched}')
-  for key, value in values.items():
-    ours[key].assign(tf.constant(value, dtype=ours[key].dtype))
-  return len(values)
+  return _assign(ours, values)
 
 
 def _convnext_loader(backbone_name: str) -> Callable[[keras.layers.Layer, str], int]:
