@@ -2,9 +2,12 @@
 
 Losses are per-example tensors from `KMaXLoss`; each replica sums them and divides
 by the GLOBAL batch size, so the gradient is the same under any `tf.distribute`
-strategy. A non-finite loss is never zeroed silently: the step's update is skipped
-(gradients replaced by zeros), a warning with the step is logged and the
-`nonfinite_loss_steps` summary counts it.
+strategy. A non-finite loss is never zeroed silently: the step's gradients are
+replaced by zeros on every replica (the replicas agree through an all-reduce, so
+a NaN on one replica cannot mix zeroed and real contributions), a warning with
+the step is logged and the `nonfinite_loss_steps` summary counts it. With Adam /
+AdamW a zero gradient still applies the moment decay and the weight decay, so
+the weights move slightly on such a step (docs/training.md).
 
 Mixed precision (`mixed_float16`): the optimisers are
 `keras.optimizers.LossScaleOptimizer`s. The loss is scaled before the gradient,
@@ -174,6 +177,13 @@ class ClipKMaXTrainer(orbit.StandardTrainer):
     else:
       nonfinite = tf.logical_not(loss_finite & gradients_finite)
       overflow = tf.constant(False)
+    # Every replica takes the same decision: a non-finite value on one replica
+    # skips the step on all of them (else the all-reduced gradient would mix
+    # zeroed and real contributions).
+    replica_context = tf.distribute.get_replica_context()
+    flags = replica_context.all_reduce(
+        tf.distribute.ReduceOp.SUM, tf.cast(tf.stack([nonfinite, overflow]), tf.int32))
+    nonfinite, overflow = flags[0] > 0, (flags[0] == 0) & (flags[1] > 0)
     if self._clip_gradient_norm:
       gradients, _ = tf.clip_by_global_norm(gradients, self._clip_gradient_norm,
                                             use_norm=gradient_norm)
@@ -190,8 +200,10 @@ class ClipKMaXTrainer(orbit.StandardTrainer):
       optimizer.apply_gradients(zip(gradients[start:start + len(group)], group))
       start += len(group)
     per_replica['gradient_norm'] = gradient_norm
-    per_replica['nonfinite'] = tf.cast(nonfinite, tf.int64)
-    per_replica['overflow'] = tf.cast(overflow, tf.int64)
+    # The decisions are already global: count them once (first replica).
+    first = tf.cast(tf.equal(replica_context.replica_id_in_sync_group, 0), tf.int64)
+    per_replica['nonfinite'] = tf.cast(nonfinite, tf.int64) * first
+    per_replica['overflow'] = tf.cast(overflow, tf.int64) * first
     return per_replica
 
   def train_step(self, iterator):

@@ -86,6 +86,7 @@ from deeplab2_vkmax.trainer import optimizer_builder
 from deeplab2_vkmax.trainer import trainer as trainer_lib
 
 steps = int(sys.argv[1])
+nan_step = int(sys.argv[2])  # 0: none; else clip 1's loss is NaN at this step.
 keras.utils.set_random_seed(0)
 params = synthetic.SyntheticParams(num_train_sequences=2, train_frames=2,
                                    height=32, width=64)
@@ -103,7 +104,16 @@ loss = kmax_loss.KMaXLoss(
     num_mask_slots=kwargs['num_mask_slots'])
 assert loss.instance_discrimination_sample_k >= 2 * 9 * 17
 seed = tf.constant([7, 11], tf.int32)
-loss_fn = lambda inputs, outputs: loss(inputs, outputs, sample_seed=seed)
+current_step = []  # The global step variable of the run in progress.
+
+def loss_fn(inputs, outputs):
+  losses = dict(loss(inputs, outputs, sample_seed=seed))
+  # A NaN in clip 1 only: on one device it is part of the batch, under
+  # MirroredStrategy it lives on replica 1 alone.
+  poison = (tf.equal(inputs['clip_index'], 1) &
+            tf.equal(current_step[-1] + 1, nan_step))
+  losses[common.TOTAL_LOSS] = tf.where(poison, np.nan, losses[common.TOTAL_LOSS])
+  return losses
 solver = trainer_pb2.SolverOptions(
     optimizer='adamw', base_learning_rate=0.002, warmup_steps=0,
     training_number_of_steps=steps, adamw_weight_decay=0.05)
@@ -124,10 +134,12 @@ def train(strategy, initial_weights):
     variables = list(model.trainable_variables)
     optimizer = optimizer_builder.build_optimizer(solver, variables)
     global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
+  current_step.append(global_step)
   # The same 2 clips at every step; the global batch of 2 is split over the
   # replicas (clip 0 on replica 0, clip 1 on replica 1).
   dataset = tf.data.Dataset.from_tensors(
-      {common.IMAGE: images, common.PANOPTIC_LABEL: labels}).unbatch().batch(2).repeat()
+      {common.IMAGE: images, common.PANOPTIC_LABEL: labels,
+       'clip_index': np.arange(2, dtype=np.int64)}).unbatch().batch(2).repeat()
   trainer = EagerTrainer(
       strategy=strategy, model=model, loss_fn=loss_fn, optimizers=[(optimizer, variables)],
       train_dataset=strategy.experimental_distribute_dataset(dataset),
@@ -138,6 +150,7 @@ def train(strategy, initial_weights):
     logs = trainer.train(tf.constant(1, tf.int32))
     losses.append(logs['losses/train_' + common.TOTAL_LOSS])
   assert int(global_step.numpy()) == steps
+  assert logs['nonfinite_loss_steps'] == (1 if nan_step else 0), logs
   return start, model, losses
 
 single_start, single, single_losses = train(
@@ -161,9 +174,10 @@ print('RESULT ' + json.dumps({
 '''
 
 
-def _run_subprocess():
+def _run_subprocess(nan_step=0):
   env = dict(os.environ, CUDA_VISIBLE_DEVICES='', TF_CPP_MIN_LOG_LEVEL='2')
-  completed = subprocess.run([sys.executable, '-c', _SCRIPT, str(_STEPS)], env=env,
+  completed = subprocess.run([sys.executable, '-c', _SCRIPT, str(_STEPS), str(nan_step)],
+                             env=env,
                              capture_output=True, text=True, timeout=300, check=False)
   assert completed.returncode == 0, completed.stderr[-4000:]
   lines = [l for l in completed.stdout.splitlines() if l.startswith('RESULT ')]
@@ -171,14 +185,8 @@ def _run_subprocess():
   return json.loads(lines[0][len('RESULT '):])
 
 
-@pytest.mark.slow
-def test_one_device_and_mirrored_training_agree():
-  result = _run_subprocess()
-  assert result['num_replicas'] == 2
-  assert len(result['single_losses']) == _STEPS
-  assert np.all(np.isfinite(result['single_losses']))
-  np.testing.assert_allclose(result['mirrored_losses'], result['single_losses'],
-                             rtol=_LOSS_RTOL)
+def _assert_weights_agree(result):
+  """The final weights of the two runs agree within the stated bound."""
   # Training moved the weights (else equal weights would prove nothing).
   moved = np.array(result['moved_max_abs'])
   assert np.sum(moved > 1e-3) > 0.5 * len(moved)
@@ -189,6 +197,30 @@ def test_one_device_and_mirrored_training_agree():
   assert np.all(error <= bound), (
       f'{result["names"][worst]} differs by {error[worst]:.3g} (bound {bound[worst]:.3g}; '
       f'largest error {error.max():.3g}, moved by up to {moved[worst]:.3g})')
+
+
+@pytest.mark.slow
+def test_one_device_and_mirrored_training_agree():
+  result = _run_subprocess()
+  assert result['num_replicas'] == 2
+  assert len(result['single_losses']) == _STEPS
+  assert np.all(np.isfinite(result['single_losses']))
+  np.testing.assert_allclose(result['mirrored_losses'], result['single_losses'],
+                             rtol=_LOSS_RTOL)
+  _assert_weights_agree(result)
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_replica_skips_the_step_on_every_replica():
+  # Step 2: clip 1's loss is NaN. One device zeroes the whole batch's gradient;
+  # under MirroredStrategy the NaN is on replica 1 only, and replica 0 must skip
+  # too (its real gradient would otherwise be all-reduced with replica 1's zeros
+  # and the weights would part from the single-device run). The NaN step is
+  # counted once (asserted in the script) and left out of the loss means.
+  result = _run_subprocess(nan_step=2)
+  np.testing.assert_allclose(result['mirrored_losses'], result['single_losses'],
+                             rtol=_LOSS_RTOL)
+  _assert_weights_agree(result)
 
 
 def _batch_norms(model):
