@@ -4,7 +4,8 @@ Ground truth and predictions are generated in numpy (no TensorFlow). Every
 scenario is a street-like video (sky, road, optional static occluders such as
 poles or parked trucks, all stuff) with moving thing tracks (cars, people) drawn
 in depth order (lanes overlap in the image, so nearer tracks hide farther ones).
-Four families:
+Five families; the first four are lane scenes, each a stress test of one
+mechanism, the fifth is KITTI-STEP's geometry:
 
 - `traffic`: per lane, a stream of look-alike tracks entering through one image
   edge and leaving through the other (ego-motion past parked cars): many tracks
@@ -16,6 +17,14 @@ Four families:
   0 to ~20 frames depending on width and speed.
 - `reentry`: tracks leave through an image edge, turn around out of view and come
   back 3-15 frames later.
+- `ego`: a camera driving forward down a street (KITTI-STEP's set-up, with its
+  camera calibration and frame rate): parked cars and pedestrians grow out of the
+  vanishing point and leave through the side edges or the bottom, with oncoming
+  cars and a lead car; nearer objects hide farther ones (see `_ego_motion_tracks`).
+  The lane families were designed first; `ego` was added (with its parameters
+  fixed before any association result on it) because KITTI-STEP's objects do not
+  enter and leave through the same edges, which decides how often a departed
+  object is a plausible match for a new one.
 
 Predictions imitate clip-kMaX output in the associater's input contract: clips of
 T frames (T = 1 online; T = 2 near-online, consecutive clips share one frame),
@@ -45,7 +54,7 @@ for one table).
 import argparse
 import dataclasses
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, Tuple, Union
 
 import numpy as np
 
@@ -56,23 +65,39 @@ DIVISOR = 10000
 PERSON, CAR = 11, 13
 ROAD, OCCLUDER, SKY = 0, 8, 10
 NUM_CLASSES = 19
-FAMILIES = ('traffic', 'crossing', 'occlusion', 'reentry')
+FAMILIES = ('traffic', 'crossing', 'occlusion', 'reentry', 'ego')
 
 
 @dataclasses.dataclass
 class Track:
-  """One ground-truth object: a rectangle moving along a piecewise-linear x(t)."""
+  """One ground-truth object: a rectangle per frame.
+
+  The lane families move a fixed-size rectangle along a piecewise-linear x(t)
+  (`top`, `height`, `width` are ints); `ego` projects a 3-D box, so its `top`,
+  `height` and `width` are float arrays [num_frames] too.
+  """
   track_id: int
   semantic: int
-  top: int
-  height: int
-  width: int
+  top: Union[int, np.ndarray]
+  height: Union[int, np.ndarray]
+  width: Union[int, np.ndarray]
   x_at: np.ndarray  # float [num_frames], left edge per frame (may be off-image).
   identity: np.ndarray  # float [D], unit appearance identity.
 
-  @property
-  def depth(self) -> int:  # Larger bottom row = nearer the camera = drawn later.
-    return self.top + self.height
+  def rect(self, f: int) -> Tuple[float, float, float, float]:
+    """(top, bottom, left, right) at frame f; right and bottom exclusive."""
+    top, height, width = (np.asarray(v)[f] if np.ndim(v) else v
+                          for v in (self.top, self.height, self.width))
+    return top, top + height, self.x_at[f], self.x_at[f] + width
+
+  def depth(self, f: int) -> float:
+    """Bottom row at frame f: larger = nearer the camera = drawn later."""
+    return self.rect(f)[1]
+
+  def area(self, f: int) -> float:
+    """Full (unoccluded, unclipped) area in pixels at frame f."""
+    top, bottom, left, right = self.rect(f)
+    return (bottom - top) * (right - left)
 
 
 @dataclasses.dataclass
@@ -176,9 +201,100 @@ def make_scenario(family: str, options: Options, prototypes: Dict[int, np.ndarra
         x_at = np.where(t < turn, start + direction * speed * t,
                         start + direction * speed * (2 * turn - t))
         add(semantic, lane + rng.integers(-2, 3), size, x_at)
+  elif family == 'ego':
+    _ego_motion_tracks(options, prototypes, rng, tracks)
   else:
     raise ValueError(f'family must be one of {FAMILIES}; received {family!r}.')
   return Scenario(h, w, n, tracks, occluders)
+
+
+# `ego`: KITTI-STEP's camera driving forward. Geometry from the KITTI raw
+# calibration of the colour camera image_02 (focal 721.5 px, principal point
+# (609.6, 172.9) on 1242x375 frames), scaled to the scenario's frame size; camera
+# 1.65 m above the road; 10 frames per second; right-hand traffic. Objects are
+# 3-D boxes on the road plane (car 1.8 x 1.5 x 4.3 m, person 0.6 x 1.75 x 0.5 m,
+# width x height x length along the road); a track's rectangle is the image box
+# of its projected corners.
+_KITTI = {'width': 1242, 'height': 375, 'focal': 721.5, 'cx': 609.6, 'cy': 172.9,
+          'camera_height': 1.65}
+_EGO_SIZES = {CAR: (1.8, 1.5, 4.3), PERSON: (0.6, 1.75, 0.5)}  # W, H, L in m.
+_EGO_RANGE_M = 70.0  # farthest depth an actor starts at (~2x the detection range).
+_EGO_NEAR_M = 1.0  # nearer than this (or behind the camera): out of the picture.
+
+
+def project_ego_box(options: Options, semantic: int, lateral_m: np.ndarray,
+                    depth_m: np.ndarray):
+  """Image box per frame of an object on the road plane.
+
+  Args:
+    options: frame size.
+    semantic: CAR or PERSON (sets the 3-D size).
+    lateral_m: float [F], X of the box centre (right positive), metres.
+    depth_m: float [F], Z of the box's near face, metres.
+
+  Returns:
+    (top, height, width, left), float [F] each; frames with the object nearer
+    than `_EGO_NEAR_M` get a box far off the image.
+  """
+  fx = _KITTI['focal'] * options.width / _KITTI['width']
+  fy = _KITTI['focal'] * options.height / _KITTI['height']
+  cx = _KITTI['cx'] * options.width / _KITTI['width']
+  cy = _KITTI['cy'] * options.height / _KITTI['height']
+  width_m, height_m, length_m = _EGO_SIZES[semantic]
+  near = np.maximum(depth_m, _EGO_NEAR_M)
+  corners_z = np.stack([near, near, near + length_m, near + length_m])  # [4, F]
+  corners_x = np.stack([lateral_m - width_m / 2, lateral_m + width_m / 2] * 2)
+  xs = cx + fx * corners_x / corners_z
+  left, right = xs.min(axis=0), xs.max(axis=0)
+  # Ground contact of the near face is the lowest point; the highest point is
+  # the near top edge for an object taller than the camera, else the far one.
+  bottom = cy + fy * _KITTI['camera_height'] / near
+  drop = _KITTI['camera_height'] - height_m
+  top = np.minimum(cy + fy * drop / near, cy + fy * drop / (near + length_m))
+  gone = depth_m < _EGO_NEAR_M
+  return (top, bottom - top, right - left,
+          np.where(gone, -10.0 * options.width, left))
+
+
+def _ego_motion_tracks(options: Options, prototypes, rng, tracks: List[Track]) -> None:
+  """Appends the `ego` family's tracks (parked cars, pedestrians, traffic).
+
+  Per video: ego speed 0.4-1.1 m per frame (14-40 km/h at 10 fps). Each side of
+  the road is lined with parked cars (probability 0.8 per side), 3.2-4.2 m from
+  the camera axis, 1-10 m apart; pedestrians (Poisson, mean 3) walk along the
+  sidewalks 5-7 m out at 0.8-1.5 m/s either way; oncoming cars (Poisson, mean 2)
+  drive in the left lane 1.6-2.4 m out at 6-14 m/s; a lead car (probability 0.5)
+  drives ahead in the ego lane, 8-30 m away, at the ego speed +- 1.5 m/s (it
+  keeps at least 6 m).
+  Static things grow out of the vanishing point and leave through the side edges
+  or the bottom, as in KITTI-STEP; all same-class actors look alike.
+  """
+  n = options.num_frames
+  t = np.arange(n, dtype=np.float64)
+  speed = rng.uniform(0.4, 1.1)
+  road_end = _EGO_RANGE_M + speed * n
+  actors = []  # (semantic, lateral [F], depth [F])
+  for side in (-1, 1):
+    if rng.random() < 0.8:
+      z = rng.uniform(0.0, 6.0)
+      while z < road_end:
+        actors.append((CAR, np.full(n, side * rng.uniform(3.2, 4.2)), z - speed * t))
+        z += _EGO_SIZES[CAR][2] + rng.uniform(1.0, 10.0)
+  for _ in range(rng.poisson(3)):
+    walk = rng.uniform(0.08, 0.15) * rng.choice([-1, 1])
+    actors.append((PERSON, np.full(n, rng.choice([-1, 1]) * rng.uniform(5.0, 7.0)),
+                   rng.uniform(3.0, road_end) + (walk - speed) * t))
+  for _ in range(rng.poisson(2)):
+    closing = speed + rng.uniform(0.6, 1.4)
+    actors.append((CAR, np.full(n, -rng.uniform(1.6, 2.4)),
+                   rng.uniform(15.0, _EGO_RANGE_M + closing * n) - closing * t))
+  if rng.random() < 0.5:
+    actors.append((CAR, np.full(n, rng.uniform(-0.4, 0.4)), np.maximum(
+        rng.uniform(8.0, 30.0) + rng.uniform(-0.15, 0.15) * t, 6.0)))
+  for semantic, lateral, depth in actors:
+    top, height, width, left = project_ego_box(options, semantic, lateral, depth)
+    tracks.append(Track(len(tracks) + 1, semantic, top, height, width, left,
+                        _identity(prototypes[semantic], options.identity_spread, rng)))
 
 
 def _background(scenario: Scenario) -> np.ndarray:
@@ -200,16 +316,18 @@ def _paint(frame: np.ndarray, top, bottom, left, right, value) -> None:
     frame[top:bottom, left:right] = value
 
 
+def depth_order(scenario: Scenario, f: int) -> List[Track]:
+  """Tracks far to near at frame f (painting order; ties keep track order)."""
+  return sorted(scenario.tracks, key=lambda tr: tr.depth(f))
+
+
 def render_ground_truth(scenario: Scenario) -> np.ndarray:
   """int32 [F, H, W] ground-truth panoptic video (track id = instance)."""
-  order = sorted(scenario.tracks, key=lambda tr: tr.depth)
   frames = np.empty((scenario.num_frames, scenario.height, scenario.width), np.int32)
   for f in range(scenario.num_frames):
     frame = _background(scenario)
-    for tr in order:
-      x = tr.x_at[f]
-      _paint(frame, tr.top, tr.top + tr.height, x, x + tr.width,
-             tr.semantic * DIVISOR + tr.track_id)
+    for tr in depth_order(scenario, f):
+      _paint(frame, *tr.rect(f), tr.semantic * DIVISOR + tr.track_id)
     _paint_occluders(frame, scenario)
     frames[f] = frame
   return frames
@@ -228,8 +346,8 @@ def predict_clips(scenario: Scenario, ground_truth: np.ndarray, clip_length: int
   visible = np.zeros((scenario.num_frames, len(scenario.tracks) + 1), np.int64)
   for f in range(scenario.num_frames):
     visible[f] = np.bincount(gt_ids[f][is_thing[f]], minlength=len(visible[f]))
-  full_area = np.array([0] + [tr.height * tr.width for tr in scenario.tracks])
-  order = sorted(scenario.tracks, key=lambda tr: tr.depth)
+  full_area = np.array([[0] + [tr.area(f) for tr in scenario.tracks]
+                        for f in range(scenario.num_frames)], np.float64)  # [F, K+1]
   clips = []
   for start in range(0, scenario.num_frames - clip_length + 1, stride):
     frames = range(start, start + clip_length)
@@ -239,9 +357,9 @@ def predict_clips(scenario: Scenario, ground_truth: np.ndarray, clip_length: int
     detected = {}  # track id -> Track
     for k, f in enumerate(frames):
       frame = _background(scenario)
-      for tr in order:
+      for tr in depth_order(scenario, f):
         j = rng.integers(-options.jitter_px, options.jitter_px + 1, 4)
-        x = tr.x_at[f]
+        top, bottom, left, right = tr.rect(f)
         hidden = visible[f, tr.track_id] < options.min_visible_px
         if missed[tr.track_id - 1] or hidden:
           # A missed object's visible pixels become background: a segmenter
@@ -250,14 +368,13 @@ def predict_clips(scenario: Scenario, ground_truth: np.ndarray, clip_length: int
         else:
           value = tr.semantic * DIVISOR + local_ids[tr.track_id - 1]
           detected[tr.track_id] = tr
-        _paint(frame, tr.top + j[0], tr.top + tr.height + j[1], x + j[2],
-               x + tr.width + j[3], value)
+        _paint(frame, top + j[0], bottom + j[1], left + j[2], right + j[3], value)
       _paint_occluders(frame, scenario)
       panoptic[k] = frame
     embeddings = {}
     for tr in detected.values():
-      visible_fraction = (visible[list(frames), tr.track_id].max()
-                          / full_area[tr.track_id])
+      visible_fraction = np.max(visible[list(frames), tr.track_id]
+                                / np.maximum(full_area[list(frames), tr.track_id], 1))
       sigma = options.appearance_noise * (2.0 - min(visible_fraction, 1.0))
       noise = rng.normal(size=tr.identity.shape) / np.sqrt(tr.identity.size)
       embeddings[tr.semantic * DIVISOR + int(local_ids[tr.track_id - 1])] = (
@@ -298,8 +415,8 @@ def new_metric() -> stq.STQuality:
 
 
 def run_variant(data, clip_length, use_stitching, memory_type, *, tau=10,
-                alpha=0.7, temperature=1.0, lam=0.8, families=FAMILIES):
-  """AQ pooled over the sequences of `families`, and per-video statistics.
+                alpha=0.7, temperature=1.0, lam=0.8):
+  """AQ pooled over the sequences of every family in `data`, and per-video statistics.
 
   Args:
     data: {family: [Video]}.
@@ -313,7 +430,7 @@ def run_variant(data, clip_length, use_stitching, memory_type, *, tau=10,
       memory_type=memory_type, tau=tau, alpha=alpha, temperature=temperature,
       lam=lam)
   pooled, per_family, stats = new_metric(), {}, []
-  for family in families:
+  for family in data:
     metric = new_metric()
     for v, video in enumerate(data[family]):
       assoc.reset()
@@ -335,8 +452,18 @@ class Video:
   clips: Dict[int, list]  # clip length -> predict_clips output
 
 
-def make_data(seed: int, options: Options, videos_per_family: int):
-  """{family: [Video]} for one seed."""
+def make_data(seed: int, options: Options, videos_per_family: int,
+              families=FAMILIES):
+  """{family: [Video]} for one seed, for `families` (a subset of FAMILIES).
+
+  Every family is generated, in FAMILIES order from one random stream (so the
+  four lane families are the videos of the tables recorded before `ego` was
+  added), and the subset is returned: a family's videos do not depend on
+  `families`.
+  """
+  unknown = sorted(set(families) - set(FAMILIES))
+  if unknown:
+    raise ValueError(f'unknown families {unknown}; valid: {FAMILIES}.')
   rng = np.random.default_rng(seed)
   prototypes = {}
   for semantic in (PERSON, CAR):
@@ -350,7 +477,7 @@ def make_data(seed: int, options: Options, videos_per_family: int):
       gt = render_ground_truth(scenario)
       clips = {t: predict_clips(scenario, gt, t, options, rng) for t in (1, 2)}
       data[family].append(Video(scenario, gt, clips))
-  return data
+  return {family: data[family] for family in FAMILIES if family in families}
 
 
 def _mean_std(values) -> str:
@@ -362,6 +489,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--seeds', type=int, default=3)
   parser.add_argument('--videos_per_family', type=int, default=2)
+  parser.add_argument('--families', default=','.join(FAMILIES),
+                      help=f'comma-separated subset of {",".join(FAMILIES)}')
   parser.add_argument('--tables', default=','.join(TABLES),
                       help=f'comma-separated subset of {",".join(TABLES)} '
                            '(stats: scenario statistics; tableN: paper Table N)')
@@ -372,15 +501,20 @@ def main():
   unknown = sorted(set(tables) - set(TABLES))
   if unknown:
     parser.error(f'--tables: unknown {unknown}; valid: {",".join(TABLES)}.')
+  families = args.families.split(',')
+  unknown = sorted(set(families) - set(FAMILIES))
+  if unknown:
+    parser.error(f'--families: unknown {unknown}; valid: {",".join(FAMILIES)}.')
   options = Options(**{f.name: getattr(args, f.name)
                        for f in dataclasses.fields(Options)})
   tic = time.time()
   seeds = list(range(args.seeds))
-  datasets = [make_data(seed, options, args.videos_per_family) for seed in seeds]
+  datasets = [make_data(seed, options, args.videos_per_family, families)
+              for seed in seeds]
 
-  print(f'\nScenarios: {len(FAMILIES)} families x {args.videos_per_family} videos x '
-        f'{options.num_frames} frames ({options.height}x{options.width}), seeds '
-        f'{seeds}; {options}\n')
+  print(f'\nScenarios: {len(families)} families ({",".join(families)}) x '
+        f'{args.videos_per_family} videos x {options.num_frames} frames '
+        f'({options.height}x{options.width}), seeds {seeds}; {options}\n')
   if 'stats' in tables:
     _scenario_statistics(datasets, options)
   if 'table5' in tables:
@@ -388,7 +522,7 @@ def main():
   if 'table6' in tables:
     _table6(datasets)
   if 'table7' in tables:
-    _table7(datasets, seeds)
+    _table7(datasets, seeds, families)
   if 'table8' in tables:
     _sweep(datasets, 'temperature', TEMPERATURES, 'Table 8: temperature T')
   if 'table9' in tables:
@@ -410,12 +544,13 @@ def _runs(values) -> List[int]:
 
 def _scenario_statistics(datasets, options):
   """What the scenarios contain, per family, over all seeds and videos."""
+  families = list(datasets[0])
   print('### Scenario statistics (all seeds and videos)\n')
   print('| family | tracks / video | visible things / frame (mean, max) | '
         'gaps / track | gap frames (mean, max) | gaps >= 5 frames | '
         'track lifetime, frames (mean) |')
   print('| --- | --- | --- | --- | --- | --- | --- |')
-  for family in FAMILIES:
+  for family in families:
     tracks, per_frame, gaps, lifetimes = [], [], [], []
     for data in datasets:
       for video in data[family]:
@@ -471,25 +606,26 @@ def _scenario_statistics(datasets, options):
 
 def _table5(datasets):
   """Paper Table 5: AQ per association feature set (tau = 10, alpha = 0.7)."""
+  families = list(datasets[0])
   rows = {}
   for mode, variants in (('near-online', TABLE5_NEAR_ONLINE),
                          ('online', TABLE5_ONLINE)):
     print(f'### Table 5 ({"a" if mode == "near-online" else "b"}), {mode}: AQ '
           f'(tau = 10, alpha = 0.7; mean +- std over seeds, %)\n')
-    print('| features | AQ all | ' + ' | '.join(FAMILIES) + ' |')
-    print('| --- | --- |' + ' --- |' * len(FAMILIES))
+    print('| features | AQ all | ' + ' | '.join(families) + ' |')
+    print('| --- | --- |' + ' --- |' * len(families))
     for name, (clip_length, stitching, memory) in variants.items():
       results = [run_variant(d, clip_length, stitching, memory) for d in datasets]
       rows[(mode, memory, stitching)] = results
       cells = [_mean_std([r[0] for r in results])]
-      cells += [_mean_std([r[1][f] for r in results]) for f in FAMILIES]
+      cells += [_mean_std([r[1][f] for r in results]) for f in families]
       print(f'| {name} | ' + ' | '.join(cells) + ' |')
     print()
 
   print('### Gain from adding location to appearance (HiLA-MB minus naive-MB; '
         'AQ points, mean +- std over seeds)\n')
-  print('| mode | all | ' + ' | '.join(FAMILIES) + ' |')
-  print('| --- | --- |' + ' --- |' * len(FAMILIES))
+  print('| mode | all | ' + ' | '.join(families) + ' |')
+  print('| --- | --- |' + ' --- |' * len(families))
   for label, mode, stitching in (('online', 'online', False),
                                  ('near-online, no stitching', 'near-online', False),
                                  ('near-online, with stitching', 'near-online', True)):
@@ -497,11 +633,11 @@ def _table5(datasets):
     naive = rows[(mode, 'naive', stitching)]
     cells = [_mean_std([h[0] - n[0] for h, n in zip(hila, naive)])]
     cells += [_mean_std([h[1][f] - n[1][f] for h, n in zip(hila, naive)])
-              for f in FAMILIES]
+              for f in families]
     print(f'| {label} | ' + ' | '.join(cells) + ' |')
 
 
-def _table7(datasets, seeds):
+def _table7(datasets, seeds, families):
   """Paper Table 7: tau x alpha grid, near-online."""
   grid_variants = {'naive-MB': (2, False, 'naive'), 'HiLA-MB': FULL_HILA}
   print('\n### Table 7: tau x alpha grid, near-online (AQ %, mean over seeds)\n')
@@ -509,12 +645,16 @@ def _table7(datasets, seeds):
                                     for tau in TAUS)
         + ' | grid mean | grid std | std without tau = 1 |')
   print('| --- |' + ' --- |' * (len(TAUS) * len(ALPHAS) + 3))
-  grids = {}
+  grids, family_grids = {}, {}
   for name, (clip_length, stitching, memory) in grid_variants.items():
-    grid = np.array([[[run_variant(d, clip_length, stitching, memory, tau=tau,
-                                   alpha=alpha)[0] for d in datasets]
-                      for tau in TAUS] for alpha in ALPHAS]) * 100  # [A, T, S]
+    results = [[[run_variant(d, clip_length, stitching, memory, tau=tau, alpha=alpha)
+                 for d in datasets] for tau in TAUS] for alpha in ALPHAS]
+    grid = np.array([[[r[0] for r in row] for row in per_alpha]
+                     for per_alpha in results]) * 100  # [A, T, S]
     grids[name] = grid
+    family_grids[name] = {
+        f: np.array([[[r[1][f] for r in row] for row in per_alpha]
+                     for per_alpha in results]) * 100 for f in families}
     cells = [f'{grid[a, t].mean():.1f}' for a in range(len(ALPHAS))
              for t in range(len(TAUS))]
     # Std over the 12 cells per seed, then averaged over seeds (the paper's
@@ -535,6 +675,17 @@ def _table7(datasets, seeds):
     print(f'| {name} | ' + ' | '.join(
         f'{grid[:, t].mean():.1f} / {grid[:, t].std(axis=0).mean():.2f}'
         for t in range(len(TAUS))) + ' |')
+  print('\nPer family (grid mean / grid std over the 12 cells, std per seed '
+        'averaged over seeds; then the mean over alphas per tau):\n')
+  print('| family | memory | grid mean | grid std | '
+        + ' | '.join(f'tau = {tau}' for tau in TAUS) + ' |')
+  print('| --- | --- | --- | --- |' + ' --- |' * len(TAUS))
+  for family in families:
+    for name in grids:
+      g = family_grids[name][family]
+      print(f'| {family} | {name} | {g.mean():.1f} | '
+            f'{g.reshape(-1, len(seeds)).std(axis=0).mean():.2f} | '
+            + ' | '.join(f'{g[:, t].mean():.1f}' for t in range(len(TAUS))) + ' |')
 
 
 def _table6(datasets):
@@ -557,14 +708,15 @@ def _table6(datasets):
 
 def _sweep(datasets, parameter, values, title):
   """Paper Tables 8-9: full HiLA-MB near-online with one parameter varied."""
+  families = list(datasets[0])
   print(f'\n### {title}, full HiLA-MB near-online (tau = 10, alpha = 0.7; '
         f'AQ %, mean +- std over seeds)\n')
-  print(f'| {parameter} | AQ all | ' + ' | '.join(FAMILIES) + ' |')
-  print('| --- | --- |' + ' --- |' * len(FAMILIES))
+  print(f'| {parameter} | AQ all | ' + ' | '.join(families) + ' |')
+  print('| --- | --- |' + ' --- |' * len(families))
   for value in values:
     results = [run_variant(d, *FULL_HILA, **{parameter: value}) for d in datasets]
     cells = [_mean_std([r[0] for r in results])]
-    cells += [_mean_std([r[1][f] for r in results]) for f in FAMILIES]
+    cells += [_mean_std([r[1][f] for r in results]) for f in families]
     print(f'| {value} | ' + ' | '.join(cells) + ' |')
 
 
