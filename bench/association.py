@@ -42,7 +42,8 @@ AQ is the official one (deeplab2_vkmax.evaluation.stq.STQuality), pooled over al
 sequences of a seed, then mean +- std over seeds.
 
 Tables (`--tables`, comma-separated; default all): `stats` (what the scenarios
-contain), `table5` (association features, near-online and online), `table6`
+contain), `table5` (association features, near-online and online), `occlusion`
+(the gain from location per track, by how long the track was hidden), `table6`
 (match space), `table7` (tau x alpha grid), `table8` (temperature T), `table9`
 (lam).
 
@@ -54,7 +55,7 @@ for one table).
 import argparse
 import dataclasses
 import time
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -83,6 +84,15 @@ class Track:
   width: Union[int, np.ndarray]
   x_at: np.ndarray  # float [num_frames], left edge per frame (may be off-image).
   identity: np.ndarray  # float [D], unit appearance identity.
+  # float [F, D] random-walk offsets of the identity (--appearance_drift > 0).
+  identity_walk: Optional[np.ndarray] = None
+
+  def identity_at(self, f: int) -> np.ndarray:
+    """The track's appearance identity at frame f (unit norm)."""
+    if self.identity_walk is None:
+      return self.identity
+    v = self.identity + self.identity_walk[f]
+    return v / np.linalg.norm(v)
 
   def rect(self, f: int) -> Tuple[float, float, float, float]:
     """(top, bottom, left, right) at frame f; right and bottom exclusive."""
@@ -120,6 +130,10 @@ class Options:
   jitter_px: int = 1
   miss_rate: float = 0.02
   min_visible_px: int = 40
+  # Per-frame step of a random walk on each track's identity (embedding units
+  # / sqrt(D) per coordinate): appearance that changes with time (scale, pose),
+  # so a track looks less like itself after a long gap. 0: fixed identity.
+  appearance_drift: float = 0.0
 
 
 # Scenario generation ---------------------------------------------------------
@@ -378,7 +392,7 @@ def predict_clips(scenario: Scenario, ground_truth: np.ndarray, clip_length: int
       sigma = options.appearance_noise * (2.0 - min(visible_fraction, 1.0))
       noise = rng.normal(size=tr.identity.shape) / np.sqrt(tr.identity.size)
       embeddings[tr.semantic * DIVISOR + int(local_ids[tr.track_id - 1])] = (
-          tr.identity + sigma * noise)
+          tr.identity_at(start) + sigma * noise)
     clips.append((panoptic, embeddings))
   return clips
 
@@ -407,7 +421,7 @@ TAUS = (1, 3, 10, 20)
 ALPHAS = (0.6, 0.7, 0.8)
 TEMPERATURES = (0.5, 1.0, 1.5)
 LAMS = (0.0, 0.5, 0.7, 0.8, 0.9, 1.0)
-TABLES = ('stats', 'table5', 'table6', 'table7', 'table8', 'table9')
+TABLES = ('stats', 'table5', 'occlusion', 'table6', 'table7', 'table8', 'table9')
 
 
 def new_metric() -> stq.STQuality:
@@ -422,14 +436,15 @@ def run_variant(data, clip_length, use_stitching, memory_type, *, tau=10,
     data: {family: [Video]}.
 
   Returns:
-    (AQ, {family: AQ}, list of statistics dicts).
+    (AQ, {family: AQ}, list of statistics dicts,
+     {family: [{gt panoptic id: the track's AQ term}, one dict per video]}).
   """
   assoc = video_associater.VideoAssociater(
       clip_length=clip_length, label_divisor=DIVISOR,
       thing_class_ids=[PERSON, CAR], use_stitching=use_stitching,
       memory_type=memory_type, tau=tau, alpha=alpha, temperature=temperature,
       lam=lam)
-  pooled, per_family, stats = new_metric(), {}, []
+  pooled, per_family, stats, per_track = new_metric(), {}, [], {}
   for family in data:
     metric = new_metric()
     for v, video in enumerate(data[family]):
@@ -442,7 +457,9 @@ def run_variant(data, clip_length, use_stitching, memory_type, *, tau=10,
           frame += 1
       stats.append(assoc.statistics())
     per_family[family] = metric.result()['AQ']
-  return pooled.result()['AQ'], per_family, stats
+    tracks = metric.association_per_track()
+    per_track[family] = [tracks[f'{family}/{v}'] for v in range(len(data[family]))]
+  return pooled.result()['AQ'], per_family, stats, per_track
 
 
 @dataclasses.dataclass
@@ -469,11 +486,20 @@ def make_data(seed: int, options: Options, videos_per_family: int,
   for semantic in (PERSON, CAR):
     p = rng.normal(size=options.embedding_dim)
     prototypes[semantic] = p / np.linalg.norm(p)
+  # Drift draws come from a child stream, so the rest of the data (geometry,
+  # noise, misses) is the same with and without drift.
+  drift_rng = rng.spawn(1)[0]
   data = {}
   for family in FAMILIES:
     data[family] = []
     for _ in range(videos_per_family):
       scenario = make_scenario(family, options, prototypes, rng)
+      if options.appearance_drift > 0:
+        dim = options.embedding_dim
+        for track in scenario.tracks:
+          steps = drift_rng.normal(size=(options.num_frames, dim))
+          track.identity_walk = np.cumsum(
+              steps * options.appearance_drift / np.sqrt(dim), axis=0)
       gt = render_ground_truth(scenario)
       clips = {t: predict_clips(scenario, gt, t, options, rng) for t in (1, 2)}
       data[family].append(Video(scenario, gt, clips))
@@ -521,6 +547,8 @@ def main():
     _table5(datasets)
   if 'table6' in tables:
     _table6(datasets)
+  if 'occlusion' in tables:
+    _occlusion_table(datasets, options)
   if 'table7' in tables:
     _table7(datasets, seeds, families)
   if 'table8' in tables:
@@ -542,6 +570,38 @@ def _runs(values) -> List[int]:
   return runs
 
 
+def _detectable(video: Video, options: Options) -> np.ndarray:
+  """bool [F, tracks]: the track has >= min_visible_px visible pixels."""
+  gt = video.ground_truth
+  is_thing = np.isin(gt // DIVISOR, (PERSON, CAR))
+  ids = gt % DIVISOR
+  num = len(video.scenario.tracks) + 1
+  visible = np.stack([np.bincount(ids[f][is_thing[f]], minlength=num)
+                      for f in range(len(gt))])[:, 1:]
+  return visible >= options.min_visible_px
+
+
+def longest_gaps(video: Video, options: Options) -> Dict[int, int]:
+  """{gt panoptic id: longest run of undetectable frames between detections}.
+
+  Only tracks with pixels in the video (the ones AQ counts); 0 = never hidden
+  between its first and last detectable frame.
+  """
+  detectable = _detectable(video, options)
+  present = np.unique(video.ground_truth[
+      np.isin(video.ground_truth // DIVISOR, (PERSON, CAR))])
+  gaps = {}
+  for track in video.scenario.tracks:
+    key = track.semantic * DIVISOR + track.track_id
+    if key not in present:
+      continue
+    seen = np.flatnonzero(detectable[:, track.track_id - 1])
+    runs = _runs(~detectable[seen[0]:seen[-1] + 1, track.track_id - 1]) if len(
+        seen) else []
+    gaps[key] = max(runs, default=0)
+  return gaps
+
+
 def _scenario_statistics(datasets, options):
   """What the scenarios contain, per family, over all seeds and videos."""
   families = list(datasets[0])
@@ -554,13 +614,7 @@ def _scenario_statistics(datasets, options):
     tracks, per_frame, gaps, lifetimes = [], [], [], []
     for data in datasets:
       for video in data[family]:
-        gt = video.ground_truth
-        is_thing = np.isin(gt // DIVISOR, (PERSON, CAR))
-        ids = gt % DIVISOR
-        num = len(video.scenario.tracks) + 1
-        visible = np.stack([np.bincount(ids[f][is_thing[f]], minlength=num)
-                            for f in range(len(gt))])[:, 1:]  # [F, tracks]
-        detectable = visible >= options.min_visible_px
+        detectable = _detectable(video, options)
         tracks.append(int(detectable.any(axis=0).sum()))
         per_frame.extend(detectable.sum(axis=1).tolist())
         for k in range(detectable.shape[1]):
@@ -601,7 +655,17 @@ def _scenario_statistics(datasets, options):
         + '; cos between observations of two same-class tracks (fully visible) '
         f'{np.mean(observed_between):.3f}.'
         f' Missed tubes: {options.miss_rate:.0%} per tube per clip, plus segments '
-        f'under {options.min_visible_px} visible px.\n')
+        f'under {options.min_visible_px} visible px.')
+  if options.appearance_drift > 0:
+    def drifted(x, frames):
+      step = rng.normal(size=x.shape) / np.sqrt(x.size)
+      v = x + options.appearance_drift * np.sqrt(frames) * step
+      return v / np.linalg.norm(v)
+    print(f'Drift {options.appearance_drift}: cos between two fully visible '
+          'observations of one track ' + ', '.join(
+              f'{np.mean([cos(observe(x, 1.0), observe(drifted(x, k), 1.0)) for x in identities]):.3f}'
+              f' ({k} frames apart)' for k in (1, 5, 10, 20)) + '.')
+  print()
 
 
 def _table5(datasets):
@@ -635,6 +699,47 @@ def _table5(datasets):
     cells += [_mean_std([h[1][f] - n[1][f] for h, n in zip(hila, naive)])
               for f in families]
     print(f'| {label} | ' + ' | '.join(cells) + ' |')
+
+
+GAP_BUCKETS = (('not hidden', 0, 0), ('hidden 1-4 frames', 1, 4),
+               ('hidden >= 5 frames', 5, 1 << 30))
+
+
+def _occlusion_table(datasets, options):
+  """Location gain per track, by how long the track was hidden (paper Sec. 3.2).
+
+  The paper argues location matters most when appearance is unreliable, after a
+  long occlusion. Per-track AQ terms (the official AQ is their mean) are
+  bucketed by the track's longest undetectable run between detections;
+  mean per-track AQ per bucket, pooled over families, mean +- std over seeds.
+  """
+  gaps = [{family: [longest_gaps(video, options) for video in videos]
+           for family, videos in data.items()} for data in datasets]
+  print('\n### Location gain by occlusion length (tau = 10, alpha = 0.7; per-track '
+        'AQ %, pooled over families, mean +- std over seeds)\n')
+  print('| mode | track hidden | tracks | appearance only | appearance + location '
+        '| gain from location |')
+  print('| --- | --- | --- | --- | --- | --- |')
+  for label, clip_length, stitching in (('online', 1, False),
+                                        ('near-online, no stitching', 2, False),
+                                        ('near-online, with stitching', 2, True)):
+    per_memory = {}
+    for memory in ('naive', 'hila'):
+      per_memory[memory] = [run_variant(d, clip_length, stitching, memory)[3]
+                            for d in datasets]
+    for bucket, low, high in GAP_BUCKETS:
+      means, count = {'naive': [], 'hila': []}, 0
+      for seed, seed_gaps in enumerate(gaps):
+        for memory in means:
+          values = [aq for family, videos in seed_gaps.items()
+                    for v, video_gaps in enumerate(videos)
+                    for key, aq in per_memory[memory][seed][family][v].items()
+                    if low <= video_gaps[key] <= high]
+          means[memory].append(np.mean(values) if values else np.nan)
+        count += len(values)
+      gain = np.subtract(means['hila'], means['naive'])
+      print(f'| {label} | {bucket} | {count} | {_mean_std(means["naive"])} | '
+            f'{_mean_std(means["hila"])} | {_mean_std(gain)} |')
 
 
 def _table7(datasets, seeds, families):

@@ -241,16 +241,39 @@ class STQuality:
       return 0.0
     return float(np.sum(intersections / np.maximum(unions, _EPSILON)) / num_present)
 
-  def _association_sum(self, state: _SequenceState) -> float:
+  def _association_terms(self, state: _SequenceState) -> np.ndarray:
+    """float64 [num gt tracks]: each track's AQ term, in `gt_areas` key order."""
     keys, tpa = state.intersections
+    terms = np.zeros(len(state.gt_areas[0]), dtype=np.float64)
     if not keys.size:
-      return 0.0
+      return terms
     gt_ids = keys // self._offset
     pred_ids = keys % self._offset
     gt_area = _lookup(state.gt_areas, gt_ids).astype(np.float64)
     pred_area = _lookup(state.pred_areas, pred_ids).astype(np.float64)
     tpa = tpa.astype(np.float64)
-    return float(np.sum(tpa * tpa / (gt_area + pred_area - tpa) / gt_area))
+    np.add.at(terms, np.searchsorted(state.gt_areas[0], gt_ids),
+              tpa * tpa / (gt_area + pred_area - tpa) / gt_area)
+    return terms
+
+  def _association_sum(self, state: _SequenceState) -> float:
+    return float(np.sum(self._association_terms(state)))
+
+  def association_per_track(self) -> Dict[Hashable, Dict[int, float]]:
+    """Each ground-truth track's association quality, per sequence.
+
+    AQ(g) = 1/|g| * sum over predicted ids p of TPA(p, g) * IoU_id(p, g), the
+    per-track term of metrics.md; `result()['AQ']` is the mean of these over
+    every track of every sequence. For diagnostics: which tracks lose their id.
+
+    Returns:
+      {sequence id: {ground-truth panoptic id (semantic * label_divisor +
+      instance): AQ(g)}}, sequences in first-seen order.
+    """
+    return {
+        sequence_id: dict(zip(state.gt_areas[0].tolist(),
+                              self._association_terms(state).tolist()))
+        for sequence_id, state in self._sequences.items()}
 
   def result(self) -> Dict[str, Any]:
     """Computes STQ over every sequence seen so far.

@@ -196,3 +196,28 @@ def test_matches_loop_reference_on_random_sequences():
   result = metric.result()
   assert result['AQ'] == pytest.approx(aq, abs=1e-12)
   assert result['IoU'] == pytest.approx(iou, abs=1e-12)
+
+
+def test_association_per_track_terms_average_to_aq():
+  # Track 1001 keeps one id (AQ 1); track 1002 switches id halfway (AQ 0.5, as
+  # in test_id_switch); sequence 'b' has one track never predicted (AQ 0).
+  gt = [[[1001, 1002, 1002, 0]], [[1001, 1002, 1002, 0]]]
+  pred = [[[1007, 1003, 1003, 0]], [[1007, 1004, 1004, 0]]]
+  metric = _metric()
+  metric.update_state(np.array(gt), np.array(pred), 'a')
+  metric.update_state(np.array([[1005, 0]]), np.array([[0, 0]]), 'b')
+  per_track = metric.association_per_track()
+  assert list(per_track) == ['a', 'b']
+  assert per_track['a'] == pytest.approx({1001: 1.0, 1002: 0.5})
+  assert per_track['b'] == {1005: 0.0}
+  terms = [v for seq in per_track.values() for v in seq.values()]
+  assert metric.result()['AQ'] == pytest.approx(np.mean(terms))
+
+
+def test_association_per_track_matches_aq_on_random_sequences():
+  rng = np.random.default_rng(5)
+  metric = _metric()
+  for k in range(3):
+    metric.update_state(*_random_sequence(rng, frames=3, size=(9, 11)), k)
+  terms = [v for seq in metric.association_per_track().values() for v in seq.values()]
+  assert metric.result()['AQ'] == pytest.approx(np.mean(terms), abs=1e-12)
