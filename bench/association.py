@@ -47,15 +47,15 @@ contain), `table5` (association features, near-online and online), `occlusion`
 (match space), `table7` (tau x alpha grid), `table8` (temperature T), `table9`
 (lam).
 
-Run: `python bench/association.py` (about 15 minutes on the shared 2-core
+Run: `python bench/association.py` (about 6 minutes on the shared 2-core
 machine; `--seeds 1 --videos_per_family 1` for a quick look, `--tables table7`
-for one table).
+for one table, `--families ego` for one family).
 """
 
 import argparse
 import dataclasses
 import time
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Tuple, Union
 
 import numpy as np
 
@@ -84,15 +84,6 @@ class Track:
   width: Union[int, np.ndarray]
   x_at: np.ndarray  # float [num_frames], left edge per frame (may be off-image).
   identity: np.ndarray  # float [D], unit appearance identity.
-  # float [F, D] random-walk offsets of the identity (--appearance_drift > 0).
-  identity_walk: Optional[np.ndarray] = None
-
-  def identity_at(self, f: int) -> np.ndarray:
-    """The track's appearance identity at frame f (unit norm)."""
-    if self.identity_walk is None:
-      return self.identity
-    v = self.identity + self.identity_walk[f]
-    return v / np.linalg.norm(v)
 
   def rect(self, f: int) -> Tuple[float, float, float, float]:
     """(top, bottom, left, right) at frame f; right and bottom exclusive."""
@@ -130,10 +121,6 @@ class Options:
   jitter_px: int = 1
   miss_rate: float = 0.02
   min_visible_px: int = 40
-  # Per-frame step of a random walk on each track's identity (embedding units
-  # / sqrt(D) per coordinate): appearance that changes with time (scale, pose),
-  # so a track looks less like itself after a long gap. 0: fixed identity.
-  appearance_drift: float = 0.0
 
 
 # Scenario generation ---------------------------------------------------------
@@ -392,7 +379,7 @@ def predict_clips(scenario: Scenario, ground_truth: np.ndarray, clip_length: int
       sigma = options.appearance_noise * (2.0 - min(visible_fraction, 1.0))
       noise = rng.normal(size=tr.identity.shape) / np.sqrt(tr.identity.size)
       embeddings[tr.semantic * DIVISOR + int(local_ids[tr.track_id - 1])] = (
-          tr.identity_at(start) + sigma * noise)
+          tr.identity + sigma * noise)
     clips.append((panoptic, embeddings))
   return clips
 
@@ -424,29 +411,44 @@ LAMS = (0.0, 0.5, 0.7, 0.8, 0.9, 1.0)
 TABLES = ('stats', 'table5', 'occlusion', 'table6', 'table7', 'table8', 'table9')
 
 
-def new_metric() -> stq.STQuality:
-  return stq.STQuality(NUM_CLASSES, [PERSON, CAR], 255, DIVISOR, 1 << 24)
+@dataclasses.dataclass(frozen=True)
+class Labels:
+  """The label encoding of a data set's ground truth and predictions."""
+  num_classes: int = NUM_CLASSES
+  thing_class_ids: Tuple[int, ...] = (PERSON, CAR)
+  ignore_label: int = 255
+  label_divisor: int = DIVISOR
+
+
+SYNTHETIC_LABELS = Labels()  # This script's scenarios.
+
+
+def new_metric(labels: Labels = SYNTHETIC_LABELS) -> stq.STQuality:
+  return stq.STQuality(labels.num_classes, list(labels.thing_class_ids),
+                       labels.ignore_label, labels.label_divisor, 1 << 24)
 
 
 def run_variant(data, clip_length, use_stitching, memory_type, *, tau=10,
-                alpha=0.7, temperature=1.0, lam=0.8):
+                alpha=0.7, temperature=1.0, lam=0.8, labels=SYNTHETIC_LABELS):
   """AQ pooled over the sequences of every family in `data`, and per-video statistics.
 
   Args:
-    data: {family: [Video]}.
+    data: {family: [video]}; a video has `ground_truth` (int [F, H, W]) and
+      `clips` ({clip length: [(panoptic [T, H, W], {id: embedding})]}, clips
+      covering the frames in order, near-online ones sharing one frame).
 
   Returns:
     (AQ, {family: AQ}, list of statistics dicts,
      {family: [{gt panoptic id: the track's AQ term}, one dict per video]}).
   """
   assoc = video_associater.VideoAssociater(
-      clip_length=clip_length, label_divisor=DIVISOR,
-      thing_class_ids=[PERSON, CAR], use_stitching=use_stitching,
+      clip_length=clip_length, label_divisor=labels.label_divisor,
+      thing_class_ids=list(labels.thing_class_ids), use_stitching=use_stitching,
       memory_type=memory_type, tau=tau, alpha=alpha, temperature=temperature,
       lam=lam)
-  pooled, per_family, stats, per_track = new_metric(), {}, [], {}
+  pooled, per_family, stats, per_track = new_metric(labels), {}, [], {}
   for family in data:
-    metric = new_metric()
+    metric = new_metric(labels)
     for v, video in enumerate(data[family]):
       assoc.reset()
       frame = 0
@@ -486,20 +488,11 @@ def make_data(seed: int, options: Options, videos_per_family: int,
   for semantic in (PERSON, CAR):
     p = rng.normal(size=options.embedding_dim)
     prototypes[semantic] = p / np.linalg.norm(p)
-  # Drift draws come from a child stream, so the rest of the data (geometry,
-  # noise, misses) is the same with and without drift.
-  drift_rng = rng.spawn(1)[0]
   data = {}
   for family in FAMILIES:
     data[family] = []
     for _ in range(videos_per_family):
       scenario = make_scenario(family, options, prototypes, rng)
-      if options.appearance_drift > 0:
-        dim = options.embedding_dim
-        for track in scenario.tracks:
-          steps = drift_rng.normal(size=(options.num_frames, dim))
-          track.identity_walk = np.cumsum(
-              steps * options.appearance_drift / np.sqrt(dim), axis=0)
       gt = render_ground_truth(scenario)
       clips = {t: predict_clips(scenario, gt, t, options, rng) for t in (1, 2)}
       data[family].append(Video(scenario, gt, clips))
@@ -548,7 +541,7 @@ def main():
   if 'table6' in tables:
     _table6(datasets)
   if 'occlusion' in tables:
-    _occlusion_table(datasets, options)
+    _occlusion_table(datasets, options.min_visible_px)
   if 'table7' in tables:
     _table7(datasets, seeds, families)
   if 'table8' in tables:
@@ -570,35 +563,42 @@ def _runs(values) -> List[int]:
   return runs
 
 
-def _detectable(video: Video, options: Options) -> np.ndarray:
-  """bool [F, tracks]: the track has >= min_visible_px visible pixels."""
-  gt = video.ground_truth
-  is_thing = np.isin(gt // DIVISOR, (PERSON, CAR))
-  ids = gt % DIVISOR
-  num = len(video.scenario.tracks) + 1
-  visible = np.stack([np.bincount(ids[f][is_thing[f]], minlength=num)
-                      for f in range(len(gt))])[:, 1:]
-  return visible >= options.min_visible_px
+def track_visibility(ground_truth: np.ndarray, labels: Labels = SYNTHETIC_LABELS):
+  """Visible pixels per frame of every ground-truth thing track.
+
+  Args:
+    ground_truth: int [F, H, W] panoptic video.
+    labels: its encoding.
+
+  Returns:
+    (keys int64 [K] panoptic ids of the tracks (instance > 0),
+     visible int64 [F, K] pixel counts).
+  """
+  gt = np.asarray(ground_truth, np.int64).reshape(len(ground_truth), -1)
+  is_thing = (np.isin(gt // labels.label_divisor, labels.thing_class_ids)
+              & (gt % labels.label_divisor > 0))
+  keys, index = np.unique(gt[is_thing], return_inverse=True)
+  frames = np.nonzero(is_thing)[0]
+  visible = np.bincount(frames * len(keys) + index.reshape(-1),
+                        minlength=len(gt) * len(keys)).reshape(len(gt), len(keys))
+  return keys, visible
 
 
-def longest_gaps(video: Video, options: Options) -> Dict[int, int]:
+def longest_gaps(ground_truth: np.ndarray, min_visible_px: int,
+                 labels: Labels = SYNTHETIC_LABELS) -> Dict[int, int]:
   """{gt panoptic id: longest run of undetectable frames between detections}.
 
-  Only tracks with pixels in the video (the ones AQ counts); 0 = never hidden
-  between its first and last detectable frame.
+  Detectable = at least `min_visible_px` visible pixels. Every track with pixels
+  in the video (the ones AQ counts); 0 = never hidden between its first and last
+  detectable frame; -1 = never detectable.
   """
-  detectable = _detectable(video, options)
-  present = np.unique(video.ground_truth[
-      np.isin(video.ground_truth // DIVISOR, (PERSON, CAR))])
+  keys, visible = track_visibility(ground_truth, labels)
+  detectable = visible >= min_visible_px
   gaps = {}
-  for track in video.scenario.tracks:
-    key = track.semantic * DIVISOR + track.track_id
-    if key not in present:
-      continue
-    seen = np.flatnonzero(detectable[:, track.track_id - 1])
-    runs = _runs(~detectable[seen[0]:seen[-1] + 1, track.track_id - 1]) if len(
-        seen) else []
-    gaps[key] = max(runs, default=0)
+  for k, key in enumerate(keys.tolist()):
+    seen = np.flatnonzero(detectable[:, k])
+    gaps[key] = max(_runs(~detectable[seen[0]:seen[-1] + 1, k]),
+                    default=0) if len(seen) else -1
   return gaps
 
 
@@ -614,7 +614,8 @@ def _scenario_statistics(datasets, options):
     tracks, per_frame, gaps, lifetimes = [], [], [], []
     for data in datasets:
       for video in data[family]:
-        detectable = _detectable(video, options)
+        detectable = (track_visibility(video.ground_truth)[1]
+                      >= options.min_visible_px)
         tracks.append(int(detectable.any(axis=0).sum()))
         per_frame.extend(detectable.sum(axis=1).tolist())
         for k in range(detectable.shape[1]):
@@ -655,20 +656,10 @@ def _scenario_statistics(datasets, options):
         + '; cos between observations of two same-class tracks (fully visible) '
         f'{np.mean(observed_between):.3f}.'
         f' Missed tubes: {options.miss_rate:.0%} per tube per clip, plus segments '
-        f'under {options.min_visible_px} visible px.')
-  if options.appearance_drift > 0:
-    def drifted(x, frames):
-      step = rng.normal(size=x.shape) / np.sqrt(x.size)
-      v = x + options.appearance_drift * np.sqrt(frames) * step
-      return v / np.linalg.norm(v)
-    print(f'Drift {options.appearance_drift}: cos between two fully visible '
-          'observations of one track ' + ', '.join(
-              f'{np.mean([cos(observe(x, 1.0), observe(drifted(x, k), 1.0)) for x in identities]):.3f}'
-              f' ({k} frames apart)' for k in (1, 5, 10, 20)) + '.')
-  print()
+        f'under {options.min_visible_px} visible px.\n')
 
 
-def _table5(datasets):
+def _table5(datasets, labels=SYNTHETIC_LABELS):
   """Paper Table 5: AQ per association feature set (tau = 10, alpha = 0.7)."""
   families = list(datasets[0])
   rows = {}
@@ -679,7 +670,8 @@ def _table5(datasets):
     print('| features | AQ all | ' + ' | '.join(families) + ' |')
     print('| --- | --- |' + ' --- |' * len(families))
     for name, (clip_length, stitching, memory) in variants.items():
-      results = [run_variant(d, clip_length, stitching, memory) for d in datasets]
+      results = [run_variant(d, clip_length, stitching, memory, labels=labels)
+                 for d in datasets]
       rows[(mode, memory, stitching)] = results
       cells = [_mean_std([r[0] for r in results])]
       cells += [_mean_std([r[1][f] for r in results]) for f in families]
@@ -701,48 +693,58 @@ def _table5(datasets):
     print(f'| {label} | ' + ' | '.join(cells) + ' |')
 
 
-GAP_BUCKETS = (('not hidden', 0, 0), ('hidden 1-4 frames', 1, 4),
-               ('hidden >= 5 frames', 5, 1 << 30))
+GAP_BUCKETS = (('never detectable', -1, -1), ('not hidden', 0, 0),
+               ('hidden 1-4 frames', 1, 4), ('hidden >= 5 frames', 5, 1 << 30))
 
 
-def _occlusion_table(datasets, options):
+def _occlusion_table(datasets, min_visible_px, labels=SYNTHETIC_LABELS):
   """Location gain per track, by how long the track was hidden (paper Sec. 3.2).
 
   The paper argues location matters most when appearance is unreliable, after a
   long occlusion. Per-track AQ terms (the official AQ is their mean) are
-  bucketed by the track's longest undetectable run between detections;
-  mean per-track AQ per bucket, pooled over families, mean +- std over seeds.
+  bucketed by the track's longest undetectable run between detections; mean
+  per-track AQ per bucket, mean +- std over seeds, pooled over all families and
+  for `ego` (KITTI-STEP's geometry) alone.
   """
-  gaps = [{family: [longest_gaps(video, options) for video in videos]
+  gaps = [{family: [longest_gaps(video.ground_truth, min_visible_px, labels)
+                     for video in videos]
            for family, videos in data.items()} for data in datasets]
-  print('\n### Location gain by occlusion length (tau = 10, alpha = 0.7; per-track '
-        'AQ %, pooled over families, mean +- std over seeds)\n')
-  print('| mode | track hidden | tracks | appearance only | appearance + location '
-        '| gain from location |')
-  print('| --- | --- | --- | --- | --- | --- |')
-  for label, clip_length, stitching in (('online', 1, False),
-                                        ('near-online, no stitching', 2, False),
-                                        ('near-online, with stitching', 2, True)):
-    per_memory = {}
-    for memory in ('naive', 'hila'):
-      per_memory[memory] = [run_variant(d, clip_length, stitching, memory)[3]
-                            for d in datasets]
-    for bucket, low, high in GAP_BUCKETS:
-      means, count = {'naive': [], 'hila': []}, 0
-      for seed, seed_gaps in enumerate(gaps):
-        for memory in means:
-          values = [aq for family, videos in seed_gaps.items()
-                    for v, video_gaps in enumerate(videos)
-                    for key, aq in per_memory[memory][seed][family][v].items()
-                    if low <= video_gaps[key] <= high]
-          means[memory].append(np.mean(values) if values else np.nan)
-        count += len(values)
-      gain = np.subtract(means['hila'], means['naive'])
-      print(f'| {label} | {bucket} | {count} | {_mean_std(means["naive"])} | '
-            f'{_mean_std(means["hila"])} | {_mean_std(gain)} |')
+  scopes = [('all', list(datasets[0]))]
+  if 'ego' in datasets[0] and len(datasets[0]) > 1:
+    scopes.append(('ego', ['ego']))
+  print('\n### Location gain by occlusion length (tau = 10, alpha = 0.7; mean '
+        'per-track AQ % over the tracks of all seeds; gain per seed where the '
+        'seed has such tracks)\n')
+  print('| families | mode | track hidden | tracks | appearance only | '
+        'appearance + location | gain from location | gain per seed |')
+  print('| --- | --- | --- | --- | --- | --- | --- | --- |')
+  modes = (('online', 1, False), ('near-online, no stitching', 2, False),
+           ('near-online, with stitching', 2, True))
+  per_track = {(label, memory): [run_variant(d, clip_length, stitching, memory,
+                                             labels=labels)[3] for d in datasets]
+               for label, clip_length, stitching in modes
+               for memory in ('naive', 'hila')}
+  for scope, families in scopes:
+    for label, _, _ in modes:
+      for bucket, low, high in GAP_BUCKETS:
+        values = {'naive': [], 'hila': []}  # memory -> per seed [tracks]
+        for seed, seed_gaps in enumerate(gaps):
+          for memory, per_seed in values.items():
+            per_seed.append(np.array(
+                [aq for family in families
+                 for v, video_gaps in enumerate(seed_gaps[family])
+                 for key, aq in per_track[(label, memory)][seed][family][v].items()
+                 if low <= video_gaps[key] <= high]) * 100)
+        naive, hila = (np.concatenate(values[m]) for m in ('naive', 'hila'))
+        if not len(naive):
+          continue
+        per_seed = ', '.join(f'{h.mean() - n.mean():.1f}' if len(n) else '-'
+                             for n, h in zip(values['naive'], values['hila']))
+        print(f'| {scope} | {label} | {bucket} | {len(naive)} | {naive.mean():.1f} | '
+              f'{hila.mean():.1f} | {hila.mean() - naive.mean():.1f} | {per_seed} |')
 
 
-def _table7(datasets, seeds, families):
+def _table7(datasets, seeds, families, labels=SYNTHETIC_LABELS):
   """Paper Table 7: tau x alpha grid, near-online."""
   grid_variants = {'naive-MB': (2, False, 'naive'), 'HiLA-MB': FULL_HILA}
   print('\n### Table 7: tau x alpha grid, near-online (AQ %, mean over seeds)\n')
@@ -752,7 +754,8 @@ def _table7(datasets, seeds, families):
   print('| --- |' + ' --- |' * (len(TAUS) * len(ALPHAS) + 3))
   grids, family_grids = {}, {}
   for name, (clip_length, stitching, memory) in grid_variants.items():
-    results = [[[run_variant(d, clip_length, stitching, memory, tau=tau, alpha=alpha)
+    results = [[[run_variant(d, clip_length, stitching, memory, tau=tau, alpha=alpha,
+                             labels=labels)
                  for d in datasets] for tau in TAUS] for alpha in ALPHAS]
     grid = np.array([[[r[0] for r in row] for row in per_alpha]
                      for per_alpha in results]) * 100  # [A, T, S]

@@ -23,6 +23,26 @@ def clip_starts(num_frames: int, clip_length: int, clip_overlap: int) -> List[in
   return list(range(0, max(num_frames - clip_overlap, 1), step))
 
 
+def thing_embeddings(segment_ids: np.ndarray, query_embeddings: np.ndarray,
+                     label_divisor: int,
+                     thing_class_ids: Sequence[int]) -> Dict[int, np.ndarray]:
+  """The associater's `embeddings` input from the SavedModel's outputs.
+
+  Args:
+    segment_ids: int [N] panoptic id of each mask slot's kept segment (0 = none).
+    query_embeddings: float [N, E] the slots' query embeddings.
+    label_divisor: panoptic label divisor.
+    thing_class_ids: classes that are things.
+
+  Returns:
+    {thing panoptic id: float32 [E] embedding}.
+  """
+  segment_ids = np.asarray(segment_ids).reshape(-1)
+  is_thing = np.isin(segment_ids // label_divisor, thing_class_ids)
+  keep = np.flatnonzero((segment_ids > 0) & is_thing)
+  return {int(segment_ids[i]): np.asarray(query_embeddings[i], np.float32) for i in keep}
+
+
 def jsonable(value):
   """`value` with numpy scalars as Python numbers and dict keys as strings (for JSON)."""
   if isinstance(value, dict):
@@ -121,10 +141,8 @@ class VideoScorer:
 
   def _thing_embeddings(self, segment_ids: np.ndarray,
                         query_embeddings: np.ndarray) -> Dict[int, np.ndarray]:
-    segment_ids = np.asarray(segment_ids).reshape(-1)
-    is_thing = np.isin(segment_ids // self._label_divisor, self._thing_class_ids)
-    keep = np.flatnonzero((segment_ids > 0) & is_thing)
-    return {int(segment_ids[i]): np.asarray(query_embeddings[i], np.float32) for i in keep}
+    return thing_embeddings(segment_ids, query_embeddings, self._label_divisor,
+                            self._thing_class_ids)
 
   def result(self) -> Dict[str, object]:
     return self.metric.result()

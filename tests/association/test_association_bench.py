@@ -118,11 +118,13 @@ def test_longest_gap_counts_frames_hidden_behind_an_occluder(bench):
   track = bench.Track(1, bench.CAR, 10, 10, 10, 5.0 * np.arange(frames), np.ones(4))
   scenario = bench.Scenario(40, 100, frames, [track], [(0, 40, 40, 60)])
   video = bench.Video(scenario, bench.render_ground_truth(scenario), {})
-  assert bench.longest_gaps(video, bench.Options()) == {bench.CAR * bench.DIVISOR + 1: 3}
+  assert bench.longest_gaps(video.ground_truth, 40) == {bench.CAR * bench.DIVISOR + 1: 3}
   # Never hidden without the pole.
   scenario.occluders.clear()
   video = bench.Video(scenario, bench.render_ground_truth(scenario), {})
-  assert bench.longest_gaps(video, bench.Options()) == {bench.CAR * bench.DIVISOR + 1: 0}
+  assert bench.longest_gaps(video.ground_truth, 40) == {bench.CAR * bench.DIVISOR + 1: 0}
+  # Under min_visible_px in every frame: in the ground truth, never detectable.
+  assert bench.longest_gaps(video.ground_truth, 101) == {bench.CAR * bench.DIVISOR + 1: -1}
 
 
 def test_run_variant_per_track_terms_average_to_the_pooled_aq(bench):
@@ -133,24 +135,16 @@ def test_run_variant_per_track_terms_average_to_the_pooled_aq(bench):
   assert aq == pytest.approx(np.mean(terms))
   assert per_family['ego'] == pytest.approx(np.mean(list(per_track['ego'][0].values())))
   # Every counted track has a gap entry.
-  gaps = bench.longest_gaps(data['ego'][0], options)
+  gaps = bench.longest_gaps(data['ego'][0].ground_truth, options.min_visible_px)
   assert set(gaps) == set(per_track['ego'][0])
 
 
-def test_appearance_drift_changes_only_the_embeddings(bench):
-  still = bench.make_data(2, bench.Options(num_frames=12, height=60, width=200), 1,
-                          families=('reentry',))['reentry'][0]
-  drifting = bench.make_data(
-      2, bench.Options(num_frames=12, height=60, width=200, appearance_drift=0.2), 1,
-      families=('reentry',))['reentry'][0]
-  np.testing.assert_array_equal(still.ground_truth, drifting.ground_truth)
-  for (pan_a, emb_a), (pan_b, emb_b) in zip(still.clips[2], drifting.clips[2]):
-    np.testing.assert_array_equal(pan_a, pan_b)
-    assert emb_a.keys() == emb_b.keys()
-  track = drifting.scenario.tracks[0]
-  assert track.identity_walk.shape == (12, 8 * 8)
-  # The identity wanders: farther apart in time = less alike.
-  cos = [track.identity_at(0) @ track.identity_at(f) for f in (1, 11)]
-  assert np.linalg.norm(track.identity_at(5)) == pytest.approx(1.0)
-  assert 1.0 > cos[0] > cos[1]
-  assert still.scenario.tracks[0].identity_walk is None
+
+def test_track_visibility_counts_thing_pixels_per_frame(bench):
+  labels = bench.Labels(num_classes=3, thing_class_ids=(1,), label_divisor=1000)
+  # Frame 0: track 1001 has 2 px, crowd (1000) and stuff (2003) are not tracks;
+  # frame 1: track 1001 hidden, track 1002 has 3 px.
+  gt = np.array([[[1001, 1001, 1000, 2003]], [[1002, 1002, 1002, 0]]])
+  keys, visible = bench.track_visibility(gt, labels)
+  assert keys.tolist() == [1001, 1002]
+  assert visible.tolist() == [[2, 0], [0, 3]]

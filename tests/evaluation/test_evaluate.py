@@ -151,3 +151,35 @@ def test_clip_starts_cover_every_frame_once_as_new():
 def test_unknown_metric_lists_the_valid_ones():
   with pytest.raises(ValueError, match='stq'):
     evaluate.build_metrics(['ap'], DESCRIPTOR, 'video_kmax')
+
+
+@pytest.mark.slow
+def test_association_bench_on_model_scores_like_the_evaluator(exported, tmp_path):
+  """bench/association_on_model.py associates and scores the model's clips
+  exactly as the SavedModel evaluator does (same config: stitching + HiLA-MB)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  saved_model, pattern = exported
+  bench_dir = os.path.join(os.path.dirname(__file__), '..', '..', 'bench')
+  sys.path.insert(0, bench_dir)
+  try:
+    on_model = importlib.import_module('association_on_model')
+  finally:
+    sys.path.remove(bench_dir)
+  videos = on_model.predict_videos(saved_model, pattern, DESCRIPTOR, -1)
+  assert len(videos) == 2 and [len(v.ground_truth) for v in videos] == [5, 5]
+  assert [len(v.clips[1]) for v in videos] == [5, 5]  # T = 1: one clip a frame
+  assert [len(v.clips[2]) for v in videos] == [4, 4]  # T = 2: sharing one frame
+  labels = on_model.association.Labels(
+      DESCRIPTOR.num_classes, tuple(DESCRIPTOR.class_has_instances_list),
+      DESCRIPTOR.ignore_label, DESCRIPTOR.panoptic_label_divisor)
+  for clip_length in (1, 2):
+    aq, _, _, per_track = on_model.association.run_variant(
+        {'model': videos}, clip_length, True, 'hila', labels=labels)
+    report = evaluate.run_evaluation(
+        saved_model=saved_model, dataset='synthetic', file_pattern=pattern,
+        output_dir=str(tmp_path / f't{clip_length}'), clip_length=clip_length,
+        metrics=['stq'], progress=False, log_fn=lambda _: None)
+    assert aq == pytest.approx(report['overall']['AQ'], abs=1e-12)
+    terms = [v for video in per_track['model'] for v in video.values()]
+    assert aq == pytest.approx(np.mean(terms))
