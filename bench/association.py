@@ -537,13 +537,13 @@ def main():
   if 'stats' in tables:
     _scenario_statistics(datasets, options)
   if 'table5' in tables:
-    _table5(datasets)
+    print_table5(datasets)
   if 'table6' in tables:
     _table6(datasets)
   if 'occlusion' in tables:
-    _occlusion_table(datasets, options.min_visible_px)
+    print_occlusion_table(datasets, options.min_visible_px)
   if 'table7' in tables:
-    _table7(datasets, seeds, families)
+    print_table7(datasets, seeds, families)
   if 'table8' in tables:
     _sweep(datasets, 'temperature', TEMPERATURES, 'Table 8: temperature T')
   if 'table9' in tables:
@@ -659,7 +659,7 @@ def _scenario_statistics(datasets, options):
         f'under {options.min_visible_px} visible px.\n')
 
 
-def _table5(datasets, labels=SYNTHETIC_LABELS):
+def print_table5(datasets, labels=SYNTHETIC_LABELS):
   """Paper Table 5: AQ per association feature set (tau = 10, alpha = 0.7)."""
   families = list(datasets[0])
   rows = {}
@@ -697,7 +697,7 @@ GAP_BUCKETS = (('never detectable', -1, -1), ('not hidden', 0, 0),
                ('hidden 1-4 frames', 1, 4), ('hidden >= 5 frames', 5, 1 << 30))
 
 
-def _occlusion_table(datasets, min_visible_px, labels=SYNTHETIC_LABELS):
+def print_occlusion_table(datasets, min_visible_px, labels=SYNTHETIC_LABELS):
   """Location gain per track, by how long the track was hidden (paper Sec. 3.2).
 
   The paper argues location matters most when appearance is unreliable, after a
@@ -744,7 +744,7 @@ def _occlusion_table(datasets, min_visible_px, labels=SYNTHETIC_LABELS):
               f'{hila.mean():.1f} | {hila.mean() - naive.mean():.1f} | {per_seed} |')
 
 
-def _table7(datasets, seeds, families, labels=SYNTHETIC_LABELS):
+def print_table7(datasets, seeds, families, labels=SYNTHETIC_LABELS):
   """Paper Table 7: tau x alpha grid, near-online."""
   grid_variants = {'naive-MB': (2, False, 'naive'), 'HiLA-MB': FULL_HILA}
   print('\n### Table 7: tau x alpha grid, near-online (AQ %, mean over seeds)\n')

@@ -138,11 +138,11 @@ def main():
         f'({sum(g >= 5 for g in gaps)} for >= 5 frames); predictions took '
         f'{predict_s:.0f} s. One run: the +- columns of the shared tables are 0.\n')
   if 'table5' in tables:
-    association._table5(datasets, labels)  # pylint: disable=protected-access
+    association.print_table5(datasets, labels)
   if 'occlusion' in tables:
-    association._occlusion_table(datasets, args.min_visible_px, labels)  # pylint: disable=protected-access
+    association.print_occlusion_table(datasets, args.min_visible_px, labels)
   if 'table7' in tables:
-    association._table7(datasets, [0], ['model'], labels)  # pylint: disable=protected-access
+    association.print_table7(datasets, [0], ['model'], labels)
   print(f'\n({time.time() - tic:.0f} s)')
 
 
