@@ -244,17 +244,17 @@ class STQuality:
   def _association_terms(self, state: _SequenceState) -> np.ndarray:
     """float64 [num gt tracks]: each track's AQ term, in `gt_areas` key order."""
     keys, tpa = state.intersections
-    terms = np.zeros(len(state.gt_areas[0]), dtype=np.float64)
+    num_tracks = len(state.gt_areas[0])
     if not keys.size:
-      return terms
+      return np.zeros(num_tracks, dtype=np.float64)
     gt_ids = keys // self._offset
     pred_ids = keys % self._offset
     gt_area = _lookup(state.gt_areas, gt_ids).astype(np.float64)
     pred_area = _lookup(state.pred_areas, pred_ids).astype(np.float64)
     tpa = tpa.astype(np.float64)
-    np.add.at(terms, np.searchsorted(state.gt_areas[0], gt_ids),
-              tpa * tpa / (gt_area + pred_area - tpa) / gt_area)
-    return terms
+    return np.bincount(np.searchsorted(state.gt_areas[0], gt_ids),
+                       weights=tpa * tpa / (gt_area + pred_area - tpa) / gt_area,
+                       minlength=num_tracks).astype(np.float64)
 
   def _association_sum(self, state: _SequenceState) -> float:
     return float(np.sum(self._association_terms(state)))

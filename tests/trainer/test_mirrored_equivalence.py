@@ -62,6 +62,14 @@ TINY = (pathlib.Path(__file__).resolve().parents[2] / 'configs' / 'synthetic' /
 # Adam is invariant to the gradient's scale, so the weights alone would not
 # catch a wrong loss normalisation; the losses do (a per-replica mean would
 # report twice the loss).
+# Not compared: the pixel-space heads' final conv bias feeds straight into a
+# BatchNorm (`_pixel_space_feature_batch_norm`, batch statistics in training),
+# which removes any per-channel constant, so the bias's gradient is exactly zero
+# and what reaches Adam is round-off (~1e-9). Adam scales it up to a step of
+# ~0.1 lr whose sign depends on the summation order, so the two runs' values are
+# unrelated at the 1e-4 level (measured with TF 2.20 / Keras 3.15.1 / numpy 2.3.5:
+# 3.3e-4 apart, each moved by up to 2.4e-4). Every other variable is compared.
+_ZERO_GRADIENT_SUFFIX = '_pixel_space_head/final_conv/bias'
 _LOSS_RTOL = 1e-5
 _WEIGHT_ATOL = 3e-4
 _WEIGHT_RTOL = 1e-5
@@ -190,12 +198,16 @@ def _assert_weights_agree(result):
   # Training moved the weights (else equal weights would prove nothing).
   moved = np.array(result['moved_max_abs'])
   assert np.sum(moved > 1e-3) > 0.5 * len(moved)
-  scale = np.array(result['weight_max_abs'])
-  error = np.array(result['error_max_abs'])
+  compared = np.array([not n.endswith(_ZERO_GRADIENT_SUFFIX) for n in result['names']])
+  assert 0 < np.sum(~compared) < 5  # The exclusion matches the heads, nothing else.
+  names = [n for n, c in zip(result['names'], compared) if c]
+  moved = moved[compared]
+  scale = np.array(result['weight_max_abs'])[compared]
+  error = np.array(result['error_max_abs'])[compared]
   bound = _WEIGHT_ATOL + _WEIGHT_RTOL * scale
   worst = int(np.argmax(error / bound))
   assert np.all(error <= bound), (
-      f'{result["names"][worst]} differs by {error[worst]:.3g} (bound {bound[worst]:.3g}; '
+      f'{names[worst]} differs by {error[worst]:.3g} (bound {bound[worst]:.3g}; '
       f'largest error {error.max():.3g}, moved by up to {moved[worst]:.3g})')
 
 
