@@ -124,8 +124,13 @@ def main():
       label_divisor=descriptor.panoptic_label_divisor)
 
   tic = time.time()
-  videos = predict_videos(args.saved_model, file_pattern, descriptor,
-                          args.max_num_sequences)
+  try:
+    videos = predict_videos(args.saved_model, file_pattern, descriptor,
+                            args.max_num_sequences)
+  except ValueError as e:  # No SavedModel, no files, a malformed sequence.
+    parser.error(str(e))
+  if not videos:
+    parser.error(f'no sequences in {file_pattern}.')
   predict_s = time.time() - tic
   datasets = [{'model': videos}]  # One "seed": +- columns are 0.
   num_frames = sum(len(v.ground_truth) for v in videos)
