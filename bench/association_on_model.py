@@ -48,6 +48,15 @@ class ModelVideo:
   clips: Dict[int, list]  # clip length -> [(panoptic [T, H, W], {id: embedding})]
 
 
+def labels_of(descriptor: dataset_lib.DatasetDescriptor) -> association.Labels:
+  """The bench's label encoding of a registered data set."""
+  return association.Labels(
+      num_classes=descriptor.num_classes,
+      thing_class_ids=tuple(descriptor.class_has_instances_list),
+      ignore_label=descriptor.ignore_label,
+      label_divisor=descriptor.panoptic_label_divisor)
+
+
 def predict_videos(saved_model: str, file_pattern: str,
                    descriptor: dataset_lib.DatasetDescriptor,
                    max_num_sequences: int) -> List[ModelVideo]:
@@ -117,11 +126,7 @@ def main():
     if not glob.glob(file_pattern):
       build_step_data.convert_split(root, 'val', records, num_shards=1,
                                     dataset_name='synthetic')
-  labels = association.Labels(
-      num_classes=descriptor.num_classes,
-      thing_class_ids=tuple(descriptor.class_has_instances_list),
-      ignore_label=descriptor.ignore_label,
-      label_divisor=descriptor.panoptic_label_divisor)
+  labels = labels_of(descriptor)
 
   tic = time.time()
   try:

@@ -134,6 +134,10 @@ def test_run_variant_per_track_terms_average_to_the_pooled_aq(bench):
   terms = [v for videos in per_track.values() for video in videos for v in video.values()]
   assert aq == pytest.approx(np.mean(terms))
   assert per_family['ego'] == pytest.approx(np.mean(list(per_track['ego'][0].values())))
+  # Memoised per data object and arguments, and only for equal arguments.
+  assert bench.run_variant(data, 2, True, 'hila') is bench.run_variant(data, 2, True, 'hila')
+  assert bench.run_variant(data, 2, True, 'hila', tau=1) is not bench.run_variant(
+      data, 2, True, 'hila')
   # Every counted track has a gap entry.
   gaps = bench.longest_gaps(data['ego'][0].ground_truth, options.min_visible_px)
   assert set(gaps) == set(per_track['ego'][0])

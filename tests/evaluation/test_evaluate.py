@@ -170,9 +170,7 @@ def test_association_bench_on_model_scores_like_the_evaluator(exported, tmp_path
   assert len(videos) == 2 and [len(v.ground_truth) for v in videos] == [5, 5]
   assert [len(v.clips[1]) for v in videos] == [5, 5]  # T = 1: one clip a frame
   assert [len(v.clips[2]) for v in videos] == [4, 4]  # T = 2: sharing one frame
-  labels = on_model.association.Labels(
-      DESCRIPTOR.num_classes, tuple(DESCRIPTOR.class_has_instances_list),
-      DESCRIPTOR.ignore_label, DESCRIPTOR.panoptic_label_divisor)
+  labels = on_model.labels_of(DESCRIPTOR)
   for clip_length in (1, 2):
     aq, _, _, per_track = on_model.association.run_variant(
         {'model': videos}, clip_length, True, 'hila', labels=labels)
