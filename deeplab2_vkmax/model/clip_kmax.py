@@ -144,8 +144,8 @@ class ClipKMaX(keras.Model):
     use_auxiliary_semantic_head: build the auxiliary semantic head (for the
       semantic loss). With the decoder it reads the decoder's OS4 output;
       without it, DeepLab2 applies it directly to the OS32 encoder feature
-      `stage5` (its Cityscapes variant), and the logits are resized to the
-      output size.
+      `stage5` (its Cityscapes variant) and its logits stay at stride 32
+      (the semantic loss subsamples the label to them, as DeepLab2 does).
     auxiliary_low_level: ((endpoint, channels), ...) of the semantic decoder.
     aspp_channels: ASPP channels.
     atrous_rates: ASPP atrous rates.
@@ -378,10 +378,15 @@ class ClipKMaX(keras.Model):
         PRED_TRANSFORMER_CLASS_LOGITS [B, N, C + 1] (void last),
         PRED_PIXEL_SPACE_NORMALIZED_FEATURE [B, T, h, w, D],
         PRED_QUERY_EMBEDDINGS [B, N, E] (final cluster centres),
-        PRED_SEMANTIC_LOGITS [B, T, h, w, C] (auxiliary semantic head only),
+        PRED_SEMANTIC_LOGITS [B, T, hs, ws, C] (auxiliary semantic head only;
+          at the semantic head's own resolution, as DeepLab2: h, w with the
+          semantic decoder, the encoder's stride 32 without it),
         PRED_AUX_OUTPUTS: tuple (one per kMaX layer) of dicts with
-          PRED_PIXEL_SPACE_MASK_LOGITS [B, T, h, w, N] (resized per frame) and
-          PRED_TRANSFORMER_CLASS_LOGITS [B, N, C + 1].
+          PRED_PIXEL_SPACE_MASK_LOGITS [B, T, h, w, N],
+          PRED_TRANSFORMER_CLASS_LOGITS [B, N, C + 1] and
+          PRED_PIXEL_SPACE_NORMALIZED_FEATURE [B, T, h, w, D]; logits and
+          features resized per frame to h, w (align_corners, DeepLab2's
+          `_prepare_auxiliary_results`), the feature not re-normalised.
     """
     # Mixed policies autocast the input to bfloat16/float16: normalise in float32.
     images = tf.cast(images, tf.float32)
@@ -407,9 +412,10 @@ class ClipKMaX(keras.Model):
     output_shape = tf.shape(decoded['decoder_output'])
     out_height, out_width = output_shape[1], output_shape[2]
 
-    def to_tubes(per_frame):  # [B*T, h, w, K] -> [B, T, h, w, K]
-      return tf.reshape(per_frame, [-1, num_frames, out_height, out_width,
-                                    per_frame.shape[-1]])
+    def to_tubes(per_frame):  # [B*T, h', w', K] -> [B, T, h', w', K]
+      frame_shape = tf.shape(per_frame)
+      return tf.reshape(per_frame, [-1, num_frames, frame_shape[1],
+                                    frame_shape[2], per_frame.shape[-1]])
 
     outputs = {
         common.PRED_PIXEL_SPACE_MASK_LOGITS: to_tubes(resize.unstack_frames(
@@ -427,10 +433,14 @@ class ClipKMaX(keras.Model):
           aux[common.PRED_PIXEL_SPACE_MASK_LOGITS], num_frames)
       frame_logits = resize.resize_bilinear(frame_logits,
                                             [out_height, out_width])
+      frame_feature = resize.resize_bilinear(
+          aux[common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE],
+          [out_height, out_width])
       aux_outputs.append({
           common.PRED_PIXEL_SPACE_MASK_LOGITS: to_tubes(frame_logits),
           common.PRED_TRANSFORMER_CLASS_LOGITS:
               aux[common.PRED_TRANSFORMER_CLASS_LOGITS],
+          common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE: to_tubes(frame_feature),
       })
     outputs[common.PRED_AUX_OUTPUTS] = tuple(aux_outputs)
 
@@ -442,9 +452,6 @@ class ClipKMaX(keras.Model):
       semantic = self._semantic_head_without_last_layer(semantic,
                                                         training=training)
       semantic = self._semantic_last_layer(semantic)
-      if (self.decoder_output_stride != 4 or
-          not self.use_auxiliary_semantic_decoder):
-        semantic = resize.resize_bilinear(semantic, [out_height, out_width])
       outputs[common.PRED_SEMANTIC_LOGITS] = to_tubes(semantic)
     # Under a mixed-precision policy the layers compute in bfloat16/float16;
     # logits and features leave the model in float32 for the losses, the

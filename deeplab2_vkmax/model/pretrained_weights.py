@@ -36,11 +36,13 @@ kMaX from ImageNet weights of its own layout; those come in through
 
 ConvNeXt-T/S/B/L. Every weight maps one to one (`convnext_name_map`): stem conv
 and LayerNorm, the downsampling LayerNorm + 2x2 conv before stages 3..5, and per
-block the 7x7 depthwise conv (Keras stores it as a grouped conv kernel
-[7, 7, 1, C]; ours is [7, 7, C, 1], the same numbers), LayerNorm, the two
-pointwise Dense layers and the layer scale. With H and W multiples of 32 (Keras
-convs use 'valid' padding, ours 'same'), `stage2`..`stage5` equal the outputs
-of Keras's last block of each stage (tested) for the same normalised input.
+block the 7x7 depthwise conv (a grouped-conv kernel [7, 7, 1, C] in Keras and in
+DeepLab2's layout alike), LayerNorm, the two pointwise Dense layers and the layer
+scale (Keras [C], DeepLab2's layout [1, 1, 1, C]). Built with
+`zero_padding_for_downstream=False` (plain 'valid' convs, as Keras) and H, W
+multiples of 32, `stage2`..`stage5` equal the outputs of Keras's last block of
+each stage (tested) for the same normalised input; the kMaX default adds
+DeepLab2's zero padding, which shifts the patch grid.
 
 Input normalisation. Keras ConvNeXt normalises raw [0, 255] pixels inside the
 model, z = (x / 255 - mean) / std with ImageNet mean (0.485, 0.456, 0.406) and
@@ -168,12 +170,6 @@ _KERAS_CONVNEXT = {
     'convnext_tiny': 'ConvNeXtTiny', 'convnext_small': 'ConvNeXtSmall',
     'convnext_base': 'ConvNeXtBase', 'convnext_large': 'ConvNeXtLarge',
 }
-# Our weight key suffix -> Keras weight attribute.
-_CONVNEXT_WEIGHTS = {'kernel': 'kernel', '_kernel': 'kernel',
-                     'depthwise_kernel': 'kernel', 'bias': 'bias',
-                     'gamma': 'gamma', 'beta': 'beta'}
-
-
 def convnext_name_map(keras_name: str, block_counts: Sequence[int]
                       ) -> Dict[str, Tuple[str, str]]:
   """Our ConvNeXt key -> (Keras layer, weight name); see module doc.
@@ -182,30 +178,29 @@ def convnext_name_map(keras_name: str, block_counts: Sequence[int]
     keras_name: the Keras model name, e.g. 'convnext_tiny' (layer prefix).
     block_counts: blocks per stage 2..5.
 
-  Keys are relative to the encoder (e.g.
-  '_stage3_blocks/0/_depthwise_conv/depthwise_kernel').
+  Keys are relative to the encoder, in DeepLab2's layout (e.g.
+  'stages/1/layer_with_weights-0/depthwise_conv/kernel').
   """
   name_map = {}
   def add(ours, theirs, weights):
     for weight in weights:
-      name_map[f'{ours}/{weight}'] = (theirs, _CONVNEXT_WEIGHTS[weight])
-  add('_stem_conv', f'{keras_name}_stem_conv', ('kernel', 'bias'))
-  add('_stem_layer_norm', f'{keras_name}_stem_layernorm', ('gamma', 'beta'))
-  for stage, count in enumerate(block_counts, start=2):
-    if stage > 2:
-      add(f'_stage{stage}_downsample_layer_norm',
-          f'{keras_name}_downsampling_layernorm_{stage - 3}', ('gamma', 'beta'))
-      add(f'_stage{stage}_downsample_conv',
-          f'{keras_name}_downsampling_conv_{stage - 3}', ('kernel', 'bias'))
+      name_map[f'{ours}/{weight}'] = (theirs, weight)
+  conv, norm = ('kernel', 'bias'), ('gamma', 'beta')
+  add('downsample_layers/0/layer_with_weights-0', f'{keras_name}_stem_conv', conv)
+  add('downsample_layers/0/layer_with_weights-1', f'{keras_name}_stem_layernorm', norm)
+  for stage, count in enumerate(block_counts):
+    if stage > 0:
+      add(f'downsample_layers/{stage}/layer_with_weights-0',
+          f'{keras_name}_downsampling_layernorm_{stage - 1}', norm)
+      add(f'downsample_layers/{stage}/layer_with_weights-1',
+          f'{keras_name}_downsampling_conv_{stage - 1}', conv)
     for block in range(count):
-      ours = f'_stage{stage}_blocks/{block}'
-      theirs = f'{keras_name}_stage_{stage - 2}_block_{block}'
-      add(f'{ours}/_depthwise_conv', f'{theirs}_depthwise_conv',
-          ('depthwise_kernel', 'bias'))
-      add(f'{ours}/_layer_norm', f'{theirs}_layernorm', ('gamma', 'beta'))
+      ours = f'stages/{stage}/layer_with_weights-{block}'
+      theirs = f'{keras_name}_stage_{stage}_block_{block}'
+      add(f'{ours}/depthwise_conv', f'{theirs}_depthwise_conv', conv)
+      add(f'{ours}/norm', f'{theirs}_layernorm', norm)
       for index in (1, 2):
-        add(f'{ours}/_pointwise_conv{index}', f'{theirs}_pointwise_conv_{index}',
-            ('_kernel', 'bias'))
+        add(f'{ours}/pointwise_conv{index}', f'{theirs}_pointwise_conv_{index}', conv)
       name_map[f'{ours}/layer_scale'] = (f'{theirs}_layer_scale', 'gamma')
   return name_map
 
@@ -272,8 +267,8 @@ def load_keras_convnext_weights(encoder: keras.layers.Layer, path: str,
     weight = getattr(layer, weight_name)
     used.add(id(weight))
     value = np.asarray(weight.numpy())
-    if key.endswith('depthwise_kernel'):
-      value = np.transpose(value, (0, 1, 3, 2))  # Grouped [k, k, 1, C] -> [k, k, C, 1].
+    if key.endswith('layer_scale'):
+      value = value.reshape((1, 1, 1, -1))  # Keras [C] -> DeepLab2's [1, 1, 1, C].
     if tuple(value.shape) != tuple(ours[key].shape):
       mismatched.append(f'{key}: ours {tuple(ours[key].shape)}, Keras '
                         f'{layer_name}.{weight_name} {value.shape}')

@@ -40,7 +40,10 @@ def _expected_shapes(batch, frames, with_semantic=True, num_layers=3):
       common.PRED_QUERY_EMBEDDINGS: (batch, _NUM_SLOTS, 64),
       common.PRED_AUX_OUTPUTS: tuple(
           {common.PRED_PIXEL_SPACE_MASK_LOGITS: tube + (_NUM_SLOTS,),
-           common.PRED_TRANSFORMER_CLASS_LOGITS: (batch, _NUM_SLOTS, 4)}
+           common.PRED_TRANSFORMER_CLASS_LOGITS: (batch, _NUM_SLOTS, 4),
+           # Deep supervision carries the pixel feature (DeepLab2's aux outputs
+           # feed instance discrimination too).
+           common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE: tube + (32,)}
           for _ in range(num_layers)),
   }
   if with_semantic:
@@ -154,8 +157,9 @@ def test_os2_without_semantic_decoder_keeps_semantic_head():
                 use_auxiliary_semantic_decoder=False)
   model = clip_kmax.ClipKMaX(**kwargs)
   outputs = model(_clip(1, 2))
-  # DeepLab2's Cityscapes variant: the semantic head reads `stage5` directly.
-  assert outputs[common.PRED_SEMANTIC_LOGITS].shape == (1, 2, 17, 33, 3)
+  # DeepLab2's Cityscapes variant: the semantic head reads `stage5` directly,
+  # and its logits stay at stride 32 (33 x 65 -> 2 x 3).
+  assert outputs[common.PRED_SEMANTIC_LOGITS].shape == (1, 2, 2, 3, 3)
   assert outputs[common.PRED_PIXEL_SPACE_MASK_LOGITS].shape == (
       1, 2, 17, 33, _NUM_SLOTS)
   assert set(model.checkpoint_items) == {

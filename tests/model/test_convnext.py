@@ -22,13 +22,47 @@ def test_tiny_convnext_shapes_modes_and_config(check_layer):
   encoder = convnext.ConvNeXt(drop_path_keep_prob=0.5, **_TINY)
   images = tf.random.stateless_normal([2, 65, 97, 3], seed=[0, 1])
   shapes = {}
+  # DeepLab2's zero padding: stem (65 + 3 - 4) // 4 + 1 = 17, then each
+  # downsampling (n + 1 - 2) // 2 + 1 = ceil(n / 2).
   for stage, (height, width, channels) in zip(
-      range(2, 6), ((17, 25, 12), (9, 13, 24), (5, 7, 48), (3, 4, 96))):
+      range(1, 6), ((17, 25, 12), (17, 25, 12), (9, 13, 24), (5, 7, 48), (3, 4, 96))):
     shapes[f'stage{stage}'] = shapes[f'res{stage}'] = (2, height, width, channels)
-  check_layer(encoder, images, shapes)
+  out = check_layer(encoder, images, shapes)
   assert encoder.output_channels == {k: v[-1] for k, v in shapes.items()}
   # Depth multiplier 0.34: one block per stage except 3 in stage 4 (9 * 0.34).
-  assert [len(encoder._stage_layers(s)[2]) for s in range(2, 6)] == [1, 1, 3, 1]
+  assert encoder.stage_block_counts == (1, 1, 3, 1)
+  # DeepLab2's endpoints: res<k> = GELU(stage<k>).
+  np.testing.assert_allclose(out['res3'].numpy(), tf.nn.gelu(
+      out['stage3'], approximate=False).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_zero_padding_for_downstream_pads_before_the_layer_norm():
+  """The padded row enters each downsampling conv as the LayerNorm's beta."""
+  encoder = convnext.ConvNeXt(**_TINY)
+  plain = convnext.ConvNeXt(zero_padding_for_downstream=False, **_TINY)
+  images = tf.random.stateless_normal([1, 65, 65, 3], seed=[5, 6])
+  encoder.build(images.shape)
+  plain.build(images.shape)
+  rng = np.random.default_rng(0)
+  for a, b in zip(encoder.weights, plain.weights):
+    a.assign(rng.normal(0.0, 0.1, a.shape) + (1.0 if 'gamma' in a.path else 0.0))
+    b.assign(a)
+  padded = encoder(images, training=False)
+  unpadded = plain(images, training=False)
+  # Stem: 65 + 1 + 2 = 68 -> 17 rows on a grid shifted by one; 'valid' -> 16.
+  assert padded['stage1'].shape == (1, 17, 17, 12)
+  assert unpadded['stage1'].shape == (1, 16, 16, 12)
+  # Stage 3 = its blocks applied to conv(LayerNorm(pad(stage2))): the padded
+  # zeros become beta before the conv, not zeros after the LayerNorm.
+  layer_norm, conv = encoder.downsample_layers[1]
+  pad = lambda t: tf.pad(t, [[0, 0], [0, 1], [0, 1], [0, 0]])
+  x = padded['stage2']
+  pad_then_norm = conv(layer_norm(pad(x)))
+  norm_then_pad = conv(pad(layer_norm(x)))
+  assert pad_then_norm.shape[1] == 9  # ceil(17 / 2)
+  np.testing.assert_allclose(encoder.stages[1][0](pad_then_norm, training=False).numpy(),
+                             padded['stage3'].numpy(), rtol=1e-5, atol=1e-5)
+  assert np.abs(pad_then_norm.numpy() - norm_then_pad.numpy()).max() > 1e-3
 
 
 def test_block_is_identity_at_zero_layer_scale_and_drop_path_trains(check_layer):
@@ -37,7 +71,7 @@ def test_block_is_identity_at_zero_layer_scale_and_drop_path_trains(check_layer)
   x = tf.random.stateless_normal([4, 5, 5, 8], seed=[2, 3])
   out = check_layer(block, x, (4, 5, 5, 8))
   np.testing.assert_array_equal(out.numpy(), x.numpy())
-  block.layer_scale.assign(tf.ones([8]))
+  block.layer_scale.assign(tf.ones([1, 1, 1, 8]))
   dropped = [np.array_equal(block(x, training=True)[i].numpy(), x[i].numpy())
              for _ in range(5) for i in range(4)]
   assert any(dropped) and not all(dropped)  # Per sample: some dropped, some kept.
@@ -45,8 +79,7 @@ def test_block_is_identity_at_zero_layer_scale_and_drop_path_trains(check_layer)
 
 def test_stochastic_depth_is_linear_over_blocks():
   encoder = convnext.ConvNeXt(drop_path_keep_prob=0.6, **_TINY)
-  keeps = [block.drop_path_keep_prob for s in range(2, 6)
-           for block in encoder._stage_layers(s)[2]]
+  keeps = [block.drop_path_keep_prob for stage in encoder.stages for block in stage]
   np.testing.assert_allclose(keeps, np.linspace(1.0, 0.6, 6))
 
 
@@ -82,9 +115,13 @@ def test_every_variable_is_checkpointed(tmp_path):
   keys = [name for name, _ in tf.train.list_variables(path)
           if name != '_CHECKPOINTABLE_OBJECT_GRAPH']
   assert len(keys) == len(encoder.weights)
-  assert 'encoder/_stage3_blocks/0/_depthwise_conv/depthwise_kernel/.ATTRIBUTES/VARIABLE_VALUE' \
-      in keys
-  assert isinstance(encoder._stage_layers(3)[2], checkpoint_naming.LayerList)
+  # DeepLab2's kMaX ConvNeXt keys (tests/fidelity restores a DeepLab2 checkpoint).
+  for key in ('encoder/stages/1/layer_with_weights-0/depthwise_conv/kernel',
+              'encoder/stages/1/layer_with_weights-0/layer_scale',
+              'encoder/downsample_layers/0/layer_with_weights-1/gamma',
+              'encoder/downsample_layers/2/layer_with_weights-1/kernel'):
+    assert key + '/.ATTRIBUTES/VARIABLE_VALUE' in keys, key
+  assert isinstance(encoder.stages[1], checkpoint_naming.SequentialSlots)
 
 
 def test_invalid_arguments_raise():

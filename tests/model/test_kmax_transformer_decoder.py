@@ -29,7 +29,9 @@ def test_kmax_layer(check_layer):
             'centers': tf.random.normal([2, 6, 16])}
   check_layer(layer, inputs, ((2, 6, 16), {
       common.PRED_PIXEL_SPACE_MASK_LOGITS: (2, 6, 5, 6),
-      common.PRED_TRANSFORMER_CLASS_LOGITS: (2, 6, 4)}), num_frames=2)
+      common.PRED_TRANSFORMER_CLASS_LOGITS: (2, 6, 4),
+      # Per frame [B*T, h, w, D]: deep supervision's instance discrimination.
+      common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE: (4, 3, 5, 4)}), num_frames=2)
 
 
 def test_kmeans_update_is_sum_over_assigned_pixels():
@@ -54,7 +56,8 @@ def test_decoder_returns_one_aux_output_per_layer(check_layer):
               tf.random.normal([2, 2 * 3, 5, 12]),
               tf.random.normal([2, 2 * 5, 9, 12])]
   aux = lambda h, w: {common.PRED_PIXEL_SPACE_MASK_LOGITS: (2, h, w, 6),
-                      common.PRED_TRANSFORMER_CLASS_LOGITS: (2, 6, 4)}
+                      common.PRED_TRANSFORMER_CLASS_LOGITS: (2, 6, 4),
+                      common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE: (4, h // 2, w, 4)}
   check_layer(decoder, features, {
       'centers': (2, 6, 16), 'class_embedding': (2, 6, 16),
       'mask_embedding': (2, 6, 16),

@@ -158,6 +158,7 @@ def keras_convnext_fixture(tmp_path_factory):
 
 
 def _convnext_tiny(**kwargs):
+  kwargs.setdefault('zero_padding_for_downstream', False)  # Keras's layout.
   encoder = convnext.ConvNeXt(**_CONVNEXT_T, **kwargs)
   encoder.build((None, 64, 96, 3))
   return encoder
@@ -170,20 +171,20 @@ def test_every_convnext_variable_gets_its_keras_weight(keras_convnext):
       encoder, path, 'convnext_tiny') == len(encoder.weights) == 178
   layer = keras_model.get_layer
   stem = keras_model.get_layer('convnext_tiny_stem')
-  np.testing.assert_array_equal(encoder._stem_conv.kernel.numpy(),
+  np.testing.assert_array_equal(encoder.downsample_layers[0][0].kernel.numpy(),
                                 stem.get_layer('convnext_tiny_stem_conv').kernel.numpy())
-  block = encoder._stage_layers(4)[2][8]
+  block = encoder.stages[2][8]
   theirs = 'convnext_tiny_stage_2_block_8'
-  # Keras's depthwise conv is a grouped Conv2D: kernel [7, 7, 1, C].
-  np.testing.assert_array_equal(block._depthwise_conv.kernel.numpy()[:, :, :, 0],
-                                layer(f'{theirs}_depthwise_conv').kernel.numpy()[:, :, 0, :])
-  np.testing.assert_array_equal(block._pointwise_conv2.kernel.numpy(),
+  # Keras's depthwise conv is a grouped Conv2D: kernel [7, 7, 1, C], as ours.
+  np.testing.assert_array_equal(block.depthwise_conv.kernel.numpy(),
+                                layer(f'{theirs}_depthwise_conv').kernel.numpy())
+  np.testing.assert_array_equal(block.pointwise_conv2.kernel.numpy(),
                                 layer(f'{theirs}_pointwise_conv_2').kernel.numpy())
-  np.testing.assert_array_equal(block.layer_scale.numpy(),
+  np.testing.assert_array_equal(block.layer_scale.numpy()[0, 0, 0],
                                 layer(f'{theirs}_layer_scale').gamma.numpy())
   downsample = keras_model.get_layer('convnext_tiny_downsampling_block_2')
   np.testing.assert_array_equal(
-      encoder._stage_layers(5)[1].bias.numpy(),
+      encoder.downsample_layers[3][1].bias.numpy(),
       downsample.get_layer('convnext_tiny_downsampling_conv_2').bias.numpy())
   # Every mapped pair, and every Keras weight is some encoder variable except
   # the final LayerNorm (gamma, beta), which the encoder does not have.
@@ -202,9 +203,7 @@ def test_every_convnext_variable_gets_its_keras_weight(keras_convnext):
   for key, (layer_name, weight) in name_map.items():
     source = getattr(leaves[layer_name], weight)
     used.add(id(source))
-    expected = source.numpy()
-    if key.endswith('depthwise_kernel'):
-      expected = expected.transpose(0, 1, 3, 2)
+    expected = source.numpy().reshape(ours[key].shape)
     np.testing.assert_array_equal(ours[key].numpy(), expected, err_msg=key)
   assert sorted(w.path for w in keras_model.weights if id(w) not in used) == [
       'layer_normalization/beta', 'layer_normalization/gamma']
@@ -239,7 +238,7 @@ def test_wrong_convnext_encoder_or_name_raises(keras_convnext):
   with pytest.raises(ValueError, match=r"Keras weights left unused: \['convnext_tiny_stage_2_"
                      r"block_8_depthwise_conv/bias'"):
     pretrained_weights.load_keras_convnext_weights(fewer_blocks, path, 'convnext_tiny')
-  with pytest.raises(ValueError, match='shape mismatches: .+_stem_conv/'):
+  with pytest.raises(ValueError, match='shape mismatches: .+downsample_layers/0/layer_with_weights-0/'):
     pretrained_weights.load_keras_convnext_weights(
         _convnext_tiny(width_multiplier=0.5), path, 'convnext_tiny')
   with pytest.raises(ValueError, match='need a convnext.ConvNeXt encoder, got ResNet'):
@@ -256,6 +255,6 @@ def test_clip_kmax_convnext_encoder_loads_through_the_backbone_name(keras_convne
   model.build([1, 1, 64, 64, 3])
   assert pretrained_weights.load_pretrained_backbone(model, 'convnext_tiny', path) == 178
   np.testing.assert_array_equal(
-      model.checkpoint_items['encoder']._stem_layer_norm.gamma.numpy(),
+      model.checkpoint_items['encoder'].downsample_layers[0][1].gamma.numpy(),
       keras_model.get_layer('convnext_tiny_stem').get_layer(
           'convnext_tiny_stem_layernorm').gamma.numpy())

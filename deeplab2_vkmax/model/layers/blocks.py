@@ -97,6 +97,8 @@ class BottleneckBlock(_ResidualBlock):
     strides: spatial stride.
     stride_on_1x1: put the stride on the first 1x1 conv instead of the 3x3.
     activation: 'relu' (encoder) or 'gelu' (pixel decoder).
+    dilation_rate: dilation of the 3x3 conv (DeepLab2's kMaX pixel decoder: 2
+      in every bottleneck block, at every resolution).
     drop_path_keep_prob: drop-path keep probability of the residual branch.
     last_bn_gamma_initializer: gamma init of the last BN ('zeros' starts the
       block as identity).
@@ -113,10 +115,11 @@ class BottleneckBlock(_ResidualBlock):
 
   def __init__(self, *, filters: int, strides: int = 1,
                activation: str = 'relu', stride_on_1x1: bool = False,
-               **kwargs):
+               dilation_rate: int = 1, **kwargs):
     super().__init__(filters=filters, strides=strides, activation=activation,
                      **kwargs)
     self.stride_on_1x1 = stride_on_1x1
+    self.dilation_rate = dilation_rate
     bn = _bn_kwargs(self)
     self._conv1_bn_act = conv_bn_act.ConvBNAct(
         filters=filters, kernel_size=1,
@@ -124,8 +127,8 @@ class BottleneckBlock(_ResidualBlock):
         name='_conv1_bn_act', **bn)
     self._conv2_bn_act = conv_bn_act.ConvBNAct(
         filters=filters, kernel_size=3,
-        strides=1 if stride_on_1x1 else strides, activation=activation,
-        name='_conv2_bn_act', **bn)
+        strides=1 if stride_on_1x1 else strides, dilation_rate=dilation_rate,
+        activation=activation, name='_conv2_bn_act', **bn)
     self._conv3_bn = conv_bn_act.ConvBNAct(
         filters=self._output_channels, kernel_size=1,
         bn_gamma_initializer=self.last_bn_gamma_initializer, name='_conv3_bn',
@@ -148,7 +151,8 @@ class BottleneckBlock(_ResidualBlock):
 
   def get_config(self):
     config = super().get_config()
-    config.update({'stride_on_1x1': self.stride_on_1x1})
+    config.update({'stride_on_1x1': self.stride_on_1x1,
+                   'dilation_rate': self.dilation_rate})
     return config
 
 
@@ -253,8 +257,8 @@ class BlockStage(BlockSequence):
     drop_path_keep_probs: per-block keep probabilities (num_blocks entries);
       overrides drop_path_keep_prob (DeepLab2's schedules vary within a stage).
     num_heads, max_span: axial-attention options (axial only).
-    last_bn_gamma_initializer, activate_input, stride_on_1x1 (bottleneck only),
-      bn_momentum, bn_epsilon, use_sync_batchnorm: block options (see
+    last_bn_gamma_initializer, activate_input, stride_on_1x1, dilation_rate
+      (the last two bottleneck only), bn_momentum, bn_epsilon, use_sync_batchnorm: block options (see
       `BottleneckBlock`).
 
   Input [B, H, W, Cin]; output [B, ceil(H/s), ceil(W/s), 4*filters].
@@ -267,6 +271,7 @@ class BlockStage(BlockSequence):
                num_heads: int = 8,
                max_span: int = 255, last_bn_gamma_initializer: str = 'zeros',
                activate_input: bool = False, stride_on_1x1: bool = False,
+               dilation_rate: int = 1,
                bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
                use_sync_batchnorm: bool = False, **kwargs):
     super().__init__(**kwargs)
@@ -293,6 +298,7 @@ class BlockStage(BlockSequence):
     self.last_bn_gamma_initializer = last_bn_gamma_initializer
     self.activate_input = activate_input
     self.stride_on_1x1 = stride_on_1x1
+    self.dilation_rate = dilation_rate
     self.bn_momentum = bn_momentum
     self.bn_epsilon = bn_epsilon
     self.use_sync_batchnorm = use_sync_batchnorm
@@ -309,6 +315,7 @@ class BlockStage(BlockSequence):
       if block_type == 'bottleneck':
         extra['strides'] = strides if index == 0 else 1
         extra['stride_on_1x1'] = stride_on_1x1
+        extra['dilation_rate'] = dilation_rate
       block = _BLOCK_TYPES[block_type](name=f'_block{index + 1}', **common,
                                        **extra)
       setattr(self, f'_block{index + 1}', block)
@@ -327,6 +334,7 @@ class BlockStage(BlockSequence):
         'last_bn_gamma_initializer': self.last_bn_gamma_initializer,
         'activate_input': self.activate_input,
         'stride_on_1x1': self.stride_on_1x1,
+        'dilation_rate': self.dilation_rate,
         **_bn_kwargs(self),
     })
     return config

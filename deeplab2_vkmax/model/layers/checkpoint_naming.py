@@ -13,6 +13,7 @@ left out of checkpoints. The classes here fix both, so that
 from typing import Sequence
 
 import keras
+import tensorflow as tf
 
 _PACKAGE = 'deeplab2_vkmax'
 
@@ -60,18 +61,21 @@ class LayerList(keras.layers.Layer):
   `get_config` of its own.
   """
 
+  # Checkpoint (attribute) name of the layer at an index.
+  _KEY_FORMAT = '{}'
+
   def __init__(self, layers: Sequence[keras.layers.Layer], **kwargs):
     super().__init__(**kwargs)
     self._length = len(layers)
     for index, layer in enumerate(layers):
-      setattr(self, str(index), layer)
+      setattr(self, self._KEY_FORMAT.format(index), layer)
 
   def __getitem__(self, index: int) -> keras.layers.Layer:
     if index < 0:
       index += self._length
     if not 0 <= index < self._length:
       raise IndexError(f'index {index} out of range for {self._length} layers')
-    return getattr(self, str(index))
+    return getattr(self, self._KEY_FORMAT.format(index))
 
   def __len__(self) -> int:
     return self._length
@@ -83,4 +87,70 @@ class LayerList(keras.layers.Layer):
     self.built = True
 
   def call(self, inputs):
-    raise NotImplementedError('LayerList is a container; index it.')
+    raise NotImplementedError(f'{type(self).__name__} is a container; index it.')
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Dense(keras.layers.Dense):
+  """`keras.layers.Dense` whose kernel is checkpointed as `kernel`."""
+
+  def _trackable_children(self, save_type='checkpoint', **kwargs):
+    return _rename_children(
+        super()._trackable_children(save_type, **kwargs), {'_kernel': 'kernel'})
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class GroupedDepthwiseConv2D(keras.layers.Layer):
+  """Depthwise conv stored as a grouped `Conv2D(groups=C)`: kernel [k, k, 1, C].
+
+  Keras 2 (DeepLab2's ConvNeXt) and Keras Applications' ConvNeXt keep the 7x7
+  depthwise conv as a grouped Conv2D, checkpointed as `kernel` [k, k, 1, C] and
+  `bias`. The same numbers run here through `tf.nn.depthwise_conv2d` (the
+  kernel reshaped to [k, k, C, 1], the same memory order), which every TF CPU
+  kernel supports, unlike grouped convolution. Stride 1, 'same' padding.
+
+  Args:
+    kernel_size: k.
+    kernel_initializer: initialiser of the [k, k, 1, C] kernel.
+  """
+
+  def __init__(self, kernel_size: int, kernel_initializer='glorot_uniform', **kwargs):
+    super().__init__(**kwargs)
+    self.kernel_size = kernel_size
+    self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+  def build(self, input_shape):
+    channels = int(input_shape[-1])
+    self.kernel = self.add_weight(
+        name='kernel', shape=(self.kernel_size, self.kernel_size, 1, channels),
+        initializer=self.kernel_initializer)
+    self.bias = self.add_weight(name='bias', shape=(channels,), initializer='zeros')
+    self.built = True
+
+  def call(self, inputs):
+    kernel = tf.cast(self.kernel, inputs.dtype)
+    kernel = tf.reshape(kernel, [self.kernel_size, self.kernel_size, -1, 1])
+    outputs = tf.nn.depthwise_conv2d(inputs, kernel, strides=[1, 1, 1, 1],
+                                     padding='SAME')
+    return outputs + tf.cast(self.bias, inputs.dtype)
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({'kernel_size': self.kernel_size,
+                   'kernel_initializer': keras.initializers.serialize(
+                       self.kernel_initializer)})
+    return config
+
+
+class SequentialSlots(LayerList):
+  """Layers checkpointed as a Keras 2 `Sequential` names them.
+
+  A Keras 2 Sequential tracks its sub-layers that own weights as
+  `layer_with_weights-0`, `layer_with_weights-1`, ... (DeepLab2's ConvNeXt stem,
+  downsampling blocks and stages). Internal container, indexed like a list.
+  """
+
+  _KEY_FORMAT = 'layer_with_weights-{}'

@@ -4,7 +4,8 @@ Starting from the OS32 encoder endpoint, each stage fuses the upsampled output o
 the previous stage with the next (LayerNorm-ed) encoder endpoint ("resized fuse":
 GELU, 1x1 conv + BN on both, bilinear upsampling of the coarse one, sum), then
 runs its residual blocks: axial blocks at OS32/OS16, bottleneck blocks at
-OS8/OS4 (block counts 1, 5, 1, 1). An optional fifth stage reaches OS2.
+OS8/OS4 (block counts 1, 5, 1, 1), their 3x3 convs dilated by 2 as in DeepLab2.
+An optional fifth stage reaches OS2.
 Video-kMaX (Shin et al. 2024, Sec. 3.1) runs it per frame.
 
 As DeepLab2 (`model/pixel_decoder/kmax.py`, `layers/resized_fuse.py`,
@@ -30,6 +31,10 @@ from deeplab2_vkmax.model.layers import resize
 _PACKAGE = 'deeplab2_vkmax'
 # Encoder endpoints consumed from OS32 upward.
 _ENDPOINTS = ('stage5', 'stage4', 'stage3', 'stage2', 'stage1')
+# DeepLab2 builds the decoder's bottleneck stages as block groups with output
+# stride 16 against an input stride of 32, so every 3x3 conv in them is dilated
+# by 2 at every resolution (measured: tests/fidelity, decoder_stage3 onwards).
+_BOTTLENECK_DILATION = 2
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -158,7 +163,9 @@ class KMaXPixelDecoder(keras.layers.Layer):
             block_type=block_types[i], num_blocks=block_counts[i],
             filters=widths[i], activation=activation,
             drop_path_keep_prob=drop_path_keep_prob, num_heads=num_heads,
-            max_span=max_span, activate_input=True, name=f'_stage{i}', **bn)
+            max_span=max_span, activate_input=True,
+            dilation_rate=_BOTTLENECK_DILATION if block_types[i] == 'bottleneck' else 1,
+            name=f'_stage{i}', **bn)
          for i in range(num_stages)], name='_stages')
 
   @property

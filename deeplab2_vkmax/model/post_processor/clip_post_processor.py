@@ -34,6 +34,7 @@ from typing import Mapping, Sequence, Tuple, Union
 import tensorflow as tf
 
 from deeplab2_vkmax import common
+from deeplab2_vkmax.model import class_order
 
 _POST_PROCESSING_MODES = ('maskwise', 'pixelwise')
 
@@ -138,6 +139,8 @@ class ClipPostProcessor(tf.Module):
     self.reorder_mask_weight = reorder_mask_weight
     self.thing_area_limit = thing_area_limit
     self.stuff_area_limit = stuff_area_limit
+    self._channel_class_ids = class_order.channel_class_ids(num_classes,
+                                                            self.thing_class_ids)
 
   def __call__(self, outputs: Mapping[str, tf.Tensor],
                output_size: SizeLike) -> dict:
@@ -146,7 +149,8 @@ class ClipPostProcessor(tf.Module):
     Args:
       outputs: Model output dict with
         `common.PRED_PIXEL_SPACE_MASK_LOGITS`: float [B, T, h, w, N];
-        `common.PRED_TRANSFORMER_CLASS_LOGITS`: float [B, N, C + 1], void last;
+        `common.PRED_TRANSFORMER_CLASS_LOGITS`: float [B, N, C + 1], channels in
+          DeepLab2's order (`model/class_order.py`: things, stuff, void last);
         `common.PRED_QUERY_EMBEDDINGS`: float [B, N, E].
       output_size: (H, W), Python ints or scalar int tensors. Mask logits are
         resized to it per frame, bilinearly with aligned corners (DeepLab2 crops
@@ -198,7 +202,10 @@ class ClipPostProcessor(tf.Module):
           tf.reshape(frames_logits, [batch, num_pixels, num_slots]), [0, 2, 1])
 
       class_probs = tf.nn.softmax(class_logits, axis=-1)[..., :-1]  # [B, N, C]
-      slot_classes = tf.argmax(class_probs, axis=-1, output_type=tf.int32)
+      # Channels are in DeepLab2's order (things first): map to dataset ids.
+      slot_classes = tf.gather(
+          tf.constant(self._channel_class_ids, tf.int32),
+          tf.argmax(class_probs, axis=-1, output_type=tf.int32))
       class_conf = tf.reduce_max(class_probs, axis=-1)  # [B, N]
       is_thing = self._is_thing(slot_classes)  # [B, N]
       class_ok = class_conf >= tf.where(

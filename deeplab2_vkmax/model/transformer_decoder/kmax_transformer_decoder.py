@@ -126,8 +126,10 @@ class KMaXTransformerLayer(keras.layers.Layer):
 
   Call on {'pixel_feature': [B, T*h, w, Cp], 'centers': [B, N, E]} with
   `num_frames` = T. Returns (centers [B, N, E], auxiliary prediction dict with
-  PRED_PIXEL_SPACE_MASK_LOGITS [B, T*h, w, N] and PRED_TRANSFORMER_CLASS_LOGITS
-  [B, N, C + 1]) computed from the layer's input centres.
+  PRED_PIXEL_SPACE_MASK_LOGITS [B, T*h, w, N], PRED_TRANSFORMER_CLASS_LOGITS
+  [B, N, C + 1] and PRED_PIXEL_SPACE_NORMALIZED_FEATURE [B*T, h, w, D]) computed
+  from the layer's input centres (DeepLab2's deep supervision: the feature feeds
+  the auxiliary instance-discrimination loss).
   """
 
   def __init__(self, *, num_classes: int, channels: int = 256,
@@ -234,7 +236,6 @@ class KMaXTransformerLayer(keras.layers.Layer):
         {'pixel_feature': resize.unstack_frames(pixel_space_2d, num_frames),
          'class_embedding': memory_space, 'mask_embedding': memory_space},
         num_frames=num_frames, training=training)
-    aux.pop(common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE)
     mask_logits = aux[common.PRED_PIXEL_SPACE_MASK_LOGITS]  # [B, T*h, w, N]
     num_slots = tf.shape(centers)[1]
     flat_logits = tf.reshape(mask_logits, [batch, -1, num_slots])  # [B, THW, N]
@@ -325,8 +326,9 @@ class KMaXTransformerDecoder(keras.layers.Layer):
     'centers' [B, N, E] (final cluster centres),
     'class_embedding' [B, N, E], 'mask_embedding' [B, N, E],
     'aux_outputs': tuple (one per layer) of dicts with
-      PRED_PIXEL_SPACE_MASK_LOGITS [B, T*h_i, w_i, N] and
-      PRED_TRANSFORMER_CLASS_LOGITS [B, N, C + 1].
+      PRED_PIXEL_SPACE_MASK_LOGITS [B, T*h_i, w_i, N],
+      PRED_TRANSFORMER_CLASS_LOGITS [B, N, C + 1] and
+      PRED_PIXEL_SPACE_NORMALIZED_FEATURE [B*T, h_i, w_i, D].
   """
 
   def __init__(self, *, num_classes: int, num_mask_slots: int = 128,
