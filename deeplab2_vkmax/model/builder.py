@@ -148,6 +148,7 @@ def build_loss(config: config_pb2.ExperimentOptions,
   """Builds the kMaX loss on tubes with the config's weights."""
   loss_options = config.trainer_options.loss_options
   kmax = config.model_options.clip_kmax
+  train_data = config.train_dataset_options
   return kmax_loss.KMaXLoss(
       num_classes=descriptor.num_classes,
       ignore_label=descriptor.ignore_label,
@@ -165,6 +166,9 @@ def build_loss(config: config_pb2.ExperimentOptions,
       instance_discrimination_sample_k=kmax.instance_discrimination_sample_k,
       instance_discrimination_sample_temperature=kmax.instance_discrimination_sample_temperature,
       instance_discrimination_temperature=kmax.instance_discrimination_temperature,
+      small_instance_area=train_data.small_instance_threshold,
+      small_instance_weight=(train_data.small_instance_weight
+                             if train_data.increase_small_instance_weights else 1.0),
       use_auxiliary_outputs=kmax.use_auxiliary_outputs)
 
 

@@ -218,3 +218,99 @@ def our_panoptic(config, descriptor, model_outputs, pack: str) -> np.ndarray:
     void = semantic == descriptor.ignore_label
     panoptic = np.where(void, 0, (semantic + 1) * facts['panoptic_label_divisor'] + instance)
   return panoptic
+
+
+# ---------------------------------------------------------------------------
+# The loss pack (testdata/loss_cityscapes_r50).
+
+LOSS_PACK = 'loss_cityscapes_r50'
+LOSS_SIZE = (33, 65)  # The loss resolution of the Cityscapes OS2 model.
+
+
+def loss_pack():
+  """(gt arrays, loss.json)."""
+  with np.load(os.path.join(TESTDATA, LOSS_PACK, 'gt.npz')) as arrays:
+    gt = {key: arrays[key] for key in arrays.files}
+  with open(os.path.join(TESTDATA, LOSS_PACK, 'loss.json')) as f:
+    values = json.load(f)
+  return gt, values
+
+
+def _unit_normalised(rng, shape):
+  value = rng.normal(0.0, 1.0, shape)
+  return value / np.linalg.norm(value, axis=-1, keepdims=True)
+
+
+def synthetic_predictions(num_aux: int = 6):
+  """The pack's `synthetic_predictions`, regenerated from its documented recipe."""
+  rng = np.random.RandomState(2024)
+  height, width = LOSS_SIZE
+  outputs = []
+  for _ in range(num_aux + 1):
+    outputs.append({
+        common.PRED_PIXEL_SPACE_MASK_LOGITS: rng.normal(0, 3, [1, height, width, 256]),
+        common.PRED_TRANSFORMER_CLASS_LOGITS: rng.normal(0, 3, [1, 256, 20]),
+        common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE: _unit_normalised(
+            rng, [1, height, width, 128]),
+    })
+  semantic = rng.normal(0, 3, [1, 3, 5, 19])
+  return _as_y_pred(outputs, semantic)
+
+
+def model_output_predictions():
+  """The pack's `model_outputs`: the cityscapes_r50 arrays, aux resized (aligned)."""
+  ref = reference('cityscapes_r50')
+  outputs = [{key: ref[key] for key in (
+      common.PRED_PIXEL_SPACE_MASK_LOGITS, common.PRED_TRANSFORMER_CLASS_LOGITS,
+      common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE)}]
+  for index in range(6):
+    aux = {}
+    for key in (common.PRED_PIXEL_SPACE_MASK_LOGITS, common.PRED_TRANSFORMER_CLASS_LOGITS,
+                common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE):
+      value = ref[f'transformer_decoder/aux{index}/{key}']
+      if value.ndim == 4:
+        value = resize.resize_bilinear(tf.constant(value), LOSS_SIZE).numpy()
+      aux[key] = value
+    outputs.append(aux)
+  return _as_y_pred(outputs, ref['semantic_logits'])
+
+
+def _as_y_pred(outputs, semantic):
+  """Per-image arrays -> our y_pred (T = 1 tubes, float32 tensors)."""
+  def tube(value):
+    value = np.asarray(value, np.float32)
+    return tf.constant(value[:, np.newaxis] if value.ndim == 4 else value)
+  y_pred = {key: tube(value) for key, value in outputs[0].items()}
+  y_pred[common.PRED_AUX_OUTPUTS] = tuple(
+      {key: tube(value) for key, value in aux.items()} for aux in outputs[1:])
+  y_pred[common.PRED_SEMANTIC_LOGITS] = tube(semantic)
+  return y_pred
+
+
+def deeplab2_assignment(loss, gt, case: str) -> tf.Tensor:
+  """DeepLab2's stored matching of `case` as our [1, M, N] assignment.
+
+  DeepLab2 numbers its ground-truth masks differently (thing ids, then stuff
+  classes); each of its masks is mapped to ours through their shared pixels.
+  """
+  label = tf.constant(gt['gt/panoptic'][np.newaxis, np.newaxis])
+  our_ids = loss.build_targets(label)['pixel_mask_id'].numpy().reshape(LOSS_SIZE)
+  theirs = gt['loss_res/pixel_gt_mask_index']
+  assignment = np.zeros((1, loss.num_mask_slots, loss.num_mask_slots), np.float32)
+  for index, slot in zip(gt[f'{case}/match/gt_mask_index'], gt[f'{case}/match/slot']):
+    ours = np.unique(our_ids[theirs == index])
+    assert len(ours) == 1 and ours[0] >= 0, (index, ours)
+    assignment[0, ours[0], slot] = 1.0
+  return tf.constant(assignment)
+
+
+def loss_terms(result) -> Dict[str, float]:
+  """Our loss dict -> DeepLab2's term names (`<term>`, `aux_<i><term>`), floats."""
+  terms = {}
+  for index, output in enumerate(result['per_output']):
+    prefix = '' if index == 0 else f'aux_{index - 1}'
+    for key, value in output.items():
+      terms[prefix + key] = float(value.numpy()[0])
+  terms[common.SEMANTIC_LOSS] = float(result[common.SEMANTIC_LOSS].numpy()[0])
+  terms[common.TOTAL_LOSS] = float(result[common.TOTAL_LOSS].numpy()[0])
+  return terms

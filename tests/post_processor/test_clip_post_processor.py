@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from deeplab2_vkmax import common
+from deeplab2_vkmax.model import class_order
 from deeplab2_vkmax.model.post_processor import clip_post_processor
 
 _DIV = 1000
@@ -24,11 +25,15 @@ def _make_processor(**kwargs):
   return clip_post_processor.ClipPostProcessor(**options)
 
 
+# Class channels are in DeepLab2's order: things (1, 2), then stuff (0), void.
+_CHANNEL = class_order.class_channels(3, (1, 2))
+
+
 def _class_logits(rows):
   """[1, N, C+1] from rows of (class, logit) with the other entries 0."""
   logits = np.zeros((1, len(rows), 4), np.float32)
   for n, (cls, value) in enumerate(rows):
-    logits[0, n, cls] = value
+    logits[0, n, _CHANNEL[cls] if cls < 3 else cls] = value
   return logits
 
 
@@ -169,7 +174,8 @@ def test_rank_uses_mask_weight():
   logits, classes = _overlap_scene(b_own_cols=slice(3, 6))
   result = _make_processor(overlapping_threshold=0.3, reorder_mask_weight=10.0)(
       _outputs(logits, classes), (4, 6))
-  a, b = 1 * _DIV + 1, 2 * _DIV + 2
+  # Maskwise instance ids are rank + 1 (DeepLab2): B ranks first.
+  a, b = 1 * _DIV + 2, 2 * _DIV + 1
   expected = np.array([[b, b, a, b, b, b]] * 4, np.int32)
   np.testing.assert_array_equal(result[common.PANOPTIC_PRED].numpy()[0, 0],
                                 expected)

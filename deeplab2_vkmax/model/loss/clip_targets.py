@@ -10,15 +10,14 @@ Labels are downsampled to the model output by strided slicing
 `label[:, :, ::output_stride, ::output_stride]` (so h = ceil(H / output_stride)),
 the same nearest-neighbour choice DeepLab2 makes.
 
-Void and crowd. Pixels whose semantic class is `ignore_label` (or outside
-[0, num_classes)) are void. Thing pixels with instance id 0 are *crowd*: they
-belong to no ground-truth mask and are treated as void by every mask-level loss
-(PQ-style, mask-ID cross-entropy, instance discrimination, and the void ratio of
-the PQ-style class term), as DeepLab2 does by leaving them out of every mask. We
-go one step further than DeepLab2 and also drop them from the predicted masks in
-the dice terms (DeepLab2 only drops `ignore_label` pixels there), so predicting a
-crowd region is neither rewarded nor penalised. The semantic loss keeps crowd
-pixels with their class.
+Void and crowd, as DeepLab2 (`model/loss/max_deeplab_loss.py`). Pixels whose
+semantic class is `ignore_label` (or outside [0, num_classes)) are void. Thing
+pixels with instance id 0 are *crowd*: they are NOT void (PIXEL_NON_VOID is 1
+there) but belong to no ground-truth mask (their PIXEL_MASK_ONE_HOT row is all
+zero). So crowd pixels count in the matching's predicted masks, in the void
+ratio's denominator and in the instance-discrimination softmax, and drop out
+only where DeepLab2 drops them: the dice loss and the mask-ID cross-entropy
+(zero ground truth). The semantic loss keeps crowd pixels with their class.
 
 All shapes are static except the batch; everything runs in `tf.function` and
 under XLA (the slot-count check is an assertion, which XLA drops).
@@ -32,6 +31,7 @@ import tensorflow as tf
 # loss package, so they are not part of `common`.
 PIXEL_MASK_ID = 'pixel_mask_id'
 PIXEL_NON_VOID = 'pixel_non_void'
+PIXEL_IN_MASK = 'pixel_in_mask'
 PIXEL_MASK_ONE_HOT = 'pixel_mask_one_hot'
 PIXEL_INVERSE_MASK_AREA = 'pixel_inverse_mask_area'
 MASK_CLASS = 'mask_class'
@@ -39,6 +39,7 @@ MASK_VALID = 'mask_valid'
 MASK_AREA = 'mask_area'
 NUM_MASKS = 'num_masks'
 SEMANTIC_LABEL = 'semantic_label'
+SEMANTIC_WEIGHT = 'semantic_weight'
 
 
 def downsample_label(label: tf.Tensor, output_stride: int) -> tf.Tensor:
@@ -52,6 +53,89 @@ def downsample_label(label: tf.Tensor, output_stride: int) -> tf.Tensor:
     A [B, T, ceil(H / output_stride), ceil(W / output_stride)] tensor.
   """
   return label[:, :, ::output_stride, ::output_stride]
+
+
+def strided_downsample(label: tf.Tensor, size) -> tf.Tensor:
+  """Strided slicing to a static `size` (h, w), as DeepLab2's `strided_downsample`.
+
+  The stride per axis is (H - 1) // (h - 1) (1 for h = 1), so a 32k + 1 label
+  keeps its first and last rows: 65 -> 3 takes rows 0, 32, 64.
+
+  Args:
+    label: A [B, T, H, W] tensor (static H, W).
+    size: (h, w).
+
+  Returns:
+    A [B, T, h, w] tensor.
+  """
+  height, width = label.shape[2], label.shape[3]
+  strides = [max(1, (full - 1) // (small - 1)) if small > 1 else full
+             for full, small in zip((height, width), size)]
+  return label[:, :, ::strides[0], ::strides[1]][:, :, :size[0], :size[1]]
+
+
+def _frame_segment_area(panoptic_label: tf.Tensor) -> tf.Tensor:
+  """Pixels of each pixel's panoptic segment within its frame: [B, T, H, W] float32.
+
+  Sort-based, so it has static shapes (no `tf.unique`) and runs under XLA.
+  """
+  shape = tf.shape(panoptic_label)
+  num_pixels = panoptic_label.shape[2] * panoptic_label.shape[3]
+  flat = tf.reshape(tf.cast(panoptic_label, tf.int64), [-1, num_pixels])
+  order = tf.argsort(flat, axis=1, stable=True)
+  sorted_ids = tf.gather(flat, order, batch_dims=1)
+  is_new = tf.concat([tf.ones_like(sorted_ids[:, :1], tf.int32),
+                      tf.cast(sorted_ids[:, 1:] != sorted_ids[:, :-1], tf.int32)],
+                     axis=1)
+  segment = tf.cumsum(is_new, axis=1) - 1  # [F, HW], segment index per sorted pixel.
+  frames = tf.shape(flat)[0]
+  offsets = tf.range(frames)[:, tf.newaxis] * num_pixels
+  counts = tf.math.unsorted_segment_sum(
+      tf.ones_like(tf.reshape(segment, [-1]), tf.float32),
+      tf.reshape(segment + offsets, [-1]), frames * num_pixels)
+  sorted_area = tf.gather(counts, segment + offsets)
+  area = tf.gather(sorted_area, tf.argsort(order, axis=1), batch_dims=1)
+  return tf.reshape(area, shape)
+
+
+def semantic_targets(panoptic_label: tf.Tensor, size, *, num_classes: int,
+                     ignore_label: int, label_divisor: int,
+                     thing_class_ids: Sequence[int],
+                     small_instance_area: int = 4096,
+                     small_instance_weight: float = 1.0) -> Dict[str, tf.Tensor]:
+  """Semantic label and per-pixel loss weight at the semantic logits' size.
+
+  As DeepLab2's sample generator and loss: the weight is `small_instance_weight`
+  on the pixels of non-crowd thing instances smaller than `small_instance_area`
+  pixels (counted per frame at the label's resolution), 1 elsewhere; both maps
+  are then strided to `size`.
+
+  Args:
+    panoptic_label: [B, T, H, W] at crop resolution.
+    size: (h, w) of the semantic logits.
+    num_classes, ignore_label, label_divisor, thing_class_ids: data set facts.
+    small_instance_area, small_instance_weight: the small-instance rule
+      (weight 1.0: off).
+
+  Returns:
+    {SEMANTIC_LABEL: int32 [B, T, h, w] (void = ignore_label),
+     SEMANTIC_WEIGHT: float32 [B, T, h, w]}.
+  """
+  label = tf.cast(panoptic_label, tf.int32)
+  semantic = label // label_divisor
+  is_void = tf.logical_or(tf.equal(semantic, ignore_label),
+                          tf.logical_or(semantic < 0, semantic >= num_classes))
+  semantic = tf.where(is_void, ignore_label, semantic)
+  weight = tf.ones_like(label, tf.float32)
+  if small_instance_weight != 1.0:
+    thing_ids = tf.constant(list(thing_class_ids) or [-1], tf.int32)
+    is_thing = tf.reduce_any(tf.equal(semantic[..., tf.newaxis], thing_ids), axis=-1)
+    instance = label % label_divisor
+    small = (is_thing & (instance > 0) &
+             (_frame_segment_area(label) < float(small_instance_area)))
+    weight = tf.where(small, small_instance_weight, 1.0)
+  return {SEMANTIC_LABEL: strided_downsample(semantic, size),
+          SEMANTIC_WEIGHT: strided_downsample(weight, size)}
 
 
 def build_clip_targets(panoptic_label: tf.Tensor,
@@ -84,17 +168,16 @@ def build_clip_targets(panoptic_label: tf.Tensor,
     along height and flattened row-major:
       - PIXEL_MASK_ID: int32 [B, P], index of the pixel's GT mask, -1 if void
         or crowd.
-      - PIXEL_NON_VOID: float32 [B, P], 1.0 where PIXEL_MASK_ID >= 0.
+      - PIXEL_NON_VOID: float32 [B, P], 1.0 unless the pixel is void (crowd
+        pixels are non-void).
+      - PIXEL_IN_MASK: float32 [B, P], 1.0 where PIXEL_MASK_ID >= 0.
       - PIXEL_MASK_ONE_HOT: float32 [B, P, M], one-hot of PIXEL_MASK_ID.
       - PIXEL_INVERSE_MASK_AREA: float32 [B, P], P / area of the pixel's mask
-        (P / 1 for void pixels).
+        (P / 1 for void and crowd pixels).
       - MASK_CLASS: int32 [B, M], semantic class of each mask, 0 for padding.
       - MASK_VALID: float32 [B, M], 1.0 for real masks, 0.0 for padding.
       - MASK_AREA: float32 [B, M], pixel count of each mask.
       - NUM_MASKS: int32 [B], number of real masks.
-      - SEMANTIC_LABEL: int32 [B, T, h, w], downsampled semantic label with
-        void (including out-of-range classes) set to `ignore_label`; crowd
-        pixels keep their class.
 
   Raises:
     InvalidArgumentError (at run time, not under XLA): when a clip has more
@@ -149,7 +232,7 @@ def build_clip_targets(panoptic_label: tf.Tensor,
     # Masks past the slot limit (only reachable under XLA, which drops the
     # assertion) become void rather than indexing out of range.
     mask_id = tf.where(mask_id < num_mask_slots, mask_id, -1)
-  non_void = tf.cast(mask_id >= 0, tf.float32)
+  in_mask = tf.cast(mask_id >= 0, tf.float32)
   one_hot = tf.one_hot(mask_id, num_mask_slots, dtype=tf.float32)  # [B, P, M]
   mask_area = tf.reduce_sum(one_hot, axis=1)  # [B, M]
   mask_valid = tf.cast(mask_area > 0.0, tf.float32)
@@ -160,17 +243,14 @@ def build_clip_targets(panoptic_label: tf.Tensor,
   pixel_area = tf.einsum('bpm,bm->bp', one_hot, mask_area)
   inverse_area = float(num_pixels) / tf.maximum(pixel_area, 1.0)
 
-  semantic_label = tf.where(is_void, ignore_label, semantic)
-  semantic_label = tf.reshape(
-      semantic_label, [batch_size, clip_length, height, width])
   return {
       PIXEL_MASK_ID: mask_id,
-      PIXEL_NON_VOID: non_void,
+      PIXEL_NON_VOID: 1.0 - tf.cast(is_void, tf.float32),
+      PIXEL_IN_MASK: in_mask,
       PIXEL_MASK_ONE_HOT: one_hot,
       PIXEL_INVERSE_MASK_AREA: inverse_area,
       MASK_CLASS: mask_class,
       MASK_VALID: mask_valid,
       MASK_AREA: mask_area,
       NUM_MASKS: tf.minimum(num_masks, num_mask_slots),
-      SEMANTIC_LABEL: semantic_label,
   }

@@ -1,28 +1,33 @@
 """Clip post-processing: clip-kMaX tube logits -> per-frame panoptic maps.
 
 Implements the post-processing step of clip-kMaX (Video-kMaX paper, Sec. 3.1;
-`reference/method.md` Sec. 1 item 6). The model predicts N mask slots per clip; the
-T frames of one slot form one *tube*, so a slot becomes one segment that spans every
-frame of the clip and a thing keeps the same instance id (its slot index + 1) in all
-of them. That shared id is what cross-clip association (`deeplab2_vkmax.association`)
-stitches on.
+`reference/method.md` Sec. 1 item 6) with DeepLab2's semantics
+(`model/post_processor/max_deeplab.py`; at T = 1 the panoptic map equals
+DeepLab2's, tests/fidelity). The model predicts N mask slots per clip; the T
+frames of one slot form one *tube*, so a slot becomes one segment that spans
+every frame of the clip and a thing keeps the same instance id in all of them.
+That shared id is what cross-clip association (`deeplab2_vkmax.association`)
+stitches on. Class channels are in DeepLab2's order (`model/class_order.py`).
 
 Two modes, as DeepLab2's `transformer_post_processing`:
 
 * ``'maskwise'`` (kMaX-DeepLab): the mask probabilities are a softmax over slots; a
   slot's binary tube is ``prob > pixel_confidence_threshold`` (no argmax condition,
   so two slots may claim the same pixel when the threshold is below 0.5: method.md
-  item 6, and the overlap rule below only has work to do if masks can overlap).
-  Slots are ranked by ``class_conf ** reorder_class_weight *
-  mean_mask_prob ** reorder_mask_weight`` (mean over the slot's binary tube) and
-  pasted from high to low onto still-free pixels. A slot is dropped when its class
-  confidence is below the thing/stuff threshold, its tube is empty, its still-free
-  pixels are fewer than ``overlapping_threshold`` of its tube, or those pixels
-  number fewer than the thing/stuff area limit.
+  item 6). Every slot is ranked by ``class_conf ** reorder_class_weight *
+  mean_mask_prob ** reorder_mask_weight`` (mean over the slot's binary mask at the
+  decoder resolution, before the resize) and, from high to low, a slot whose
+  class confidence passes the thing/stuff threshold pastes its tube onto the
+  still-free pixels if more than ``overlapping_threshold`` of it is free. A
+  thing's instance id is its rank + 1.
 * ``'pixelwise'`` (MaX-DeepLab style): slots whose class confidence is below the
   thing/stuff threshold are removed, every pixel takes the argmax of the remaining
-  slots, and pixels whose (renormalised) probability for that slot is not above
-  ``pixel_confidence_threshold`` become void; then the area limits apply.
+  slots if that is also its argmax over all slots and its (renormalised)
+  probability is above ``pixel_confidence_threshold``; a thing's instance id is
+  its slot index + 1.
+
+In both, after the merge, thing segments with fewer than ``thing_area_limit``
+pixels and stuff classes with fewer than ``stuff_area_limit`` pixels become void.
 
 Everything runs in-graph (`tf.function`, dynamic B/T/H/W/N, XLA-compatible ops): the
 sequential paste is one `tf.while_loop` over rank positions, vectorised across the
@@ -46,18 +51,19 @@ class ClipPostProcessor(tf.Module):
 
   Conventions of the returned tensors:
 
-  * Panoptic ids are ``semantic * label_divisor + instance``. A thing kept from slot
-    ``n`` has instance id ``n + 1`` in every frame of the clip; stuff has instance 0;
-    pixels that no kept slot claims are ``ignore_label * label_divisor``.
+  * Panoptic ids are ``semantic * label_divisor + instance``. A kept thing has
+    instance id rank + 1 (maskwise) or slot index + 1 (pixelwise) in every frame
+    of the clip; stuff has instance 0; pixels that no kept slot claims are
+    ``ignore_label * label_divisor``.
   * Per-slot outputs have one row per slot ``n``. A slot is *kept* iff its score is
     > 0 (a kept slot's score is a product of positive terms). ``SEGMENT_IDS`` lists
     kept things and kept stuff alike (stuff id = ``class * label_divisor``, which is
     0 for stuff class 0: use the score, not the id, as the kept flag); thing rows are
     exactly those with ``id % label_divisor > 0``, which is what association needs.
-  * Areas (``thing_area_limit``/``stuff_area_limit``) count pixels at output
-    resolution over the whole tube (all T frames), since the tube is one segment.
-    Stuff slots of the same class are pasted with the same panoptic id (so they merge
-    in the map) but are area-tested one slot at a time.
+  * Areas (``thing_area_limit``/``stuff_area_limit``) count pixels at the output
+    size over the whole tube (all T frames), since the tube is one segment;
+    stuff slots of the same class merge (one panoptic id) and are area-tested
+    together, as in DeepLab2.
   * Boxes are pixel-edge boxes of the pixels a slot finally owns in a frame,
     ``[x_min / W, y_min / H, (x_max + 1) / W, (y_max + 1) / H]`` (a full frame is
     ``[0, 0, 1, 1]``); all zeros where the slot owns no pixel in that frame.
@@ -94,13 +100,13 @@ class ClipPostProcessor(tf.Module):
         thing slot.
       transformer_class_confidence_threshold_stuff: Minimum class confidence of a
         stuff slot.
-      overlapping_threshold: Minimum fraction of a slot's binary tube that must
-        still be free when it is pasted (maskwise only).
+      overlapping_threshold: A slot pastes only if more than this fraction of
+        its binary tube is still free (maskwise only).
       reorder_class_weight: Exponent of the class confidence in the rank score.
       reorder_mask_weight: Exponent of the mean mask probability in the rank score.
       thing_area_limit: Thing segments with fewer pixels (whole tube, output
-        resolution) are dropped.
-      stuff_area_limit: Same for stuff segments.
+        size) become void after the merge.
+      stuff_area_limit: Same for each stuff class (its slots together).
       name: Module name.
 
     Raises:
@@ -200,6 +206,10 @@ class ClipPostProcessor(tf.Module):
       # Slot-major so a slot's whole tube is one contiguous row: [B, N, T*H*W].
       tube_logits = tf.transpose(
           tf.reshape(frames_logits, [batch, num_pixels, num_slots]), [0, 2, 1])
+      # DeepLab2 ranks slots by mask confidence at the decoder resolution,
+      # before the resize: [B, N, T*h*w].
+      decoder_logits = tf.transpose(
+          tf.reshape(mask_logits, [batch, -1, num_slots]), [0, 2, 1])
 
       class_probs = tf.nn.softmax(class_logits, axis=-1)[..., :-1]  # [B, N, C]
       # Channels are in DeepLab2's order (things first): map to dataset ids.
@@ -211,19 +221,18 @@ class ClipPostProcessor(tf.Module):
       class_ok = class_conf >= tf.where(
           is_thing, self.transformer_class_confidence_threshold_thing,
           self.transformer_class_confidence_threshold_stuff)
-      area_limit = tf.where(
-          is_thing, tf.constant(self.thing_area_limit, tf.float32),
-          tf.constant(self.stuff_area_limit, tf.float32))  # [B, N]
 
       if self.post_processing == 'maskwise':
-        owner, kept, scores = self._maskwise(tube_logits, class_conf, class_ok,
-                                             area_limit)
+        owner, scores, instance_ids = self._maskwise(
+            tube_logits, decoder_logits, class_conf, class_ok)
       else:
-        owner, kept, scores = self._pixelwise(tube_logits, class_conf, class_ok,
-                                              area_limit)
+        owner, scores, instance_ids = self._pixelwise(tube_logits, class_conf,
+                                                      class_ok)
+      owner, kept = self._filter_by_area(owner, slot_classes, is_thing,
+                                         num_slots)
       return self._assemble(owner, kept, scores, slot_classes, is_thing,
-                            query_embeddings, batch, frames, out_h, out_w,
-                            num_slots)
+                            instance_ids, query_embeddings, batch, frames,
+                            out_h, out_w, num_slots)
 
   def _is_thing(self, classes: tf.Tensor) -> tf.Tensor:
     """Bool tensor shaped like `classes`: True where the class is a thing."""
@@ -236,91 +245,125 @@ class ClipPostProcessor(tf.Module):
     return (tf.pow(class_conf, self.reorder_class_weight) *
             tf.pow(mean_mask_prob, self.reorder_mask_weight))
 
-  def _maskwise(self, tube_logits, class_conf, class_ok, area_limit):
-    """kMaX mask-wise merging on tubes.
+  def _maskwise(self, tube_logits, decoder_logits, class_conf, class_ok):
+    """kMaX mask-wise merging on tubes (DeepLab2's `maskwise` post-processing).
+
+    Every slot is ranked by its score (mask confidence from `decoder_logits`);
+    in rank order, a class-confident slot pastes its binary tube onto the
+    still-free pixels if more than `overlapping_threshold` of it is free. A
+    pasted thing's instance id is its rank + 1, as in DeepLab2.
 
     Args:
-      tube_logits: float32 [B, N, P] mask logits, P = T*H*W.
+      tube_logits: float32 [B, N, P] mask logits at the output size, P = T*H*W.
+      decoder_logits: float32 [B, N, p] the same at the decoder resolution.
       class_conf: float32 [B, N].
       class_ok: bool [B, N], class confidence passes the thing/stuff threshold.
-      area_limit: float32 [B, N], minimum pasted area of each slot.
 
     Returns:
       owner: int32 [B, P], slot owning each pixel, -1 if none.
-      kept: bool [B, N].
-      scores: float32 [B, N], rank score (of every slot, kept or not).
+      scores: float32 [B, N], rank score of every slot.
+      instance_ids: int32 [B, N], instance id of each slot (rank + 1).
     """
+    decoder_probs = tf.nn.softmax(decoder_logits, axis=1)
+    decoder_binary = tf.cast(decoder_probs > self.pixel_confidence_threshold,
+                             tf.float32)
+    mean_mask_prob = tf.math.divide_no_nan(
+        tf.reduce_sum(decoder_probs * decoder_binary, axis=-1),
+        tf.reduce_sum(decoder_binary, axis=-1))
+    scores = self._rank_score(class_conf, mean_mask_prob)
+    order = tf.argsort(scores, axis=-1, direction='DESCENDING',
+                       stable=True)  # [B, N]: slot at each rank.
+    rank = tf.argsort(order, axis=-1, stable=True)  # [B, N]: rank of each slot.
+
     probs = tf.nn.softmax(tube_logits, axis=1)  # Softmax over slots.
     binary = probs > self.pixel_confidence_threshold  # [B, N, P]
-    binary_f = tf.cast(binary, tf.float32)
-    area = tf.reduce_sum(binary_f, axis=-1)  # [B, N]
-    mean_mask_prob = tf.math.divide_no_nan(
-        tf.reduce_sum(probs * binary_f, axis=-1), area)
-    scores = self._rank_score(class_conf, mean_mask_prob)
-    # Slots that cannot be kept never paste; rank them last so that the paste
-    # order among eligible slots is purely by score.
-    eligible = class_ok & (area > 0)
-    order = tf.argsort(tf.where(eligible, scores, -1.0), axis=-1,
-                       direction='DESCENDING', stable=True)  # [B, N]
+    area = tf.reduce_sum(tf.cast(binary, tf.float32), axis=-1)  # [B, N]
     batch = tf.shape(tube_logits)[0]
     num_slots = tf.shape(tube_logits)[1]
     num_pixels = tf.shape(tube_logits)[2]
-    batch_index = tf.range(batch)
 
-    def body(k, owner, kept):
+    def body(k, owner):
       slot = order[:, k]  # [B]
       mask = tf.gather(binary, slot, axis=1, batch_dims=1)  # [B, P]
       free_mask = mask & (owner < 0)
       slot_area = tf.gather(area, slot, axis=1, batch_dims=1)  # [B]
       free_area = tf.reduce_sum(tf.cast(free_mask, tf.float32), axis=-1)
-      keep = (tf.gather(eligible, slot, axis=1, batch_dims=1) &
-              (free_area > 0) &
-              (free_area >= self.overlapping_threshold * slot_area) &
-              (free_area >= tf.gather(area_limit, slot, axis=1, batch_dims=1)))
-      owner = tf.where(free_mask & keep[:, None], slot[:, None], owner)
-      kept = tf.tensor_scatter_nd_update(
-          kept, tf.stack([batch_index, slot], axis=-1), keep)
-      return k + 1, owner, kept
+      paste = (tf.gather(class_ok, slot, axis=1, batch_dims=1) &
+               (free_area > self.overlapping_threshold * slot_area))
+      owner = tf.where(free_mask & paste[:, None], slot[:, None], owner)
+      return k + 1, owner
 
-    _, owner, kept = tf.while_loop(
-        lambda k, owner, kept: k < num_slots,
-        body,
-        (tf.constant(0), tf.fill([batch, num_pixels], -1),
-         tf.zeros([batch, num_slots], tf.bool)),
+    _, owner = tf.while_loop(
+        lambda k, owner: k < num_slots, body,
+        (tf.constant(0), tf.fill([batch, num_pixels], -1)),
         parallel_iterations=1)
-    return owner, kept, scores
+    return owner, scores, rank + 1
 
-  def _pixelwise(self, tube_logits, class_conf, class_ok, area_limit):
-    """Pixel-wise argmax over class-confident slots; arguments as `_maskwise`."""
+  def _pixelwise(self, tube_logits, class_conf, class_ok):
+    """Pixel-wise argmax over class-confident slots (DeepLab2's `pixelwise`).
+
+    A pixel takes the class-confident slot of highest logit if that slot is
+    also its argmax over all slots and its probability, renormalised among
+    the confident slots, exceeds `pixel_confidence_threshold`. Arguments and
+    returns as `_maskwise`; instance ids are slot index + 1.
+    """
     num_slots = tf.shape(tube_logits)[1]
     # Low-confidence slots leave the softmax: the rest renormalise among themselves.
     masked_logits = tf.where(class_ok[..., None], tube_logits,
                              tf.constant(-1e9, tf.float32))
     probs = tf.nn.softmax(masked_logits, axis=1)  # [B, N, P]
     owner = tf.argmax(probs, axis=1, output_type=tf.int32)  # [B, P]
-    owner_prob = tf.reduce_max(probs, axis=1)
-    owner_ok = (tf.gather(class_ok, owner, axis=1, batch_dims=1) &
-                (owner_prob > self.pixel_confidence_threshold))
+    owner_ok = ((tf.reduce_max(probs, axis=1) > self.pixel_confidence_threshold) &
+                tf.equal(tf.reduce_max(masked_logits, axis=1),
+                         tf.reduce_max(tube_logits, axis=1)))
     owner = tf.where(owner_ok, owner, -1)
-    owned = tf.equal(owner[:, None, :],
-                     tf.range(num_slots)[None, :, None])  # [B, N, P]
-    owned_f = tf.cast(owned, tf.float32)
-    area = tf.reduce_sum(owned_f, axis=-1)  # [B, N]
+    owned_f = tf.cast(tf.equal(owner[:, None, :],
+                               tf.range(num_slots)[None, :, None]), tf.float32)
     mean_mask_prob = tf.math.divide_no_nan(
-        tf.reduce_sum(probs * owned_f, axis=-1), area)
+        tf.reduce_sum(probs * owned_f, axis=-1), tf.reduce_sum(owned_f, axis=-1))
     scores = self._rank_score(class_conf, mean_mask_prob)
-    kept = class_ok & (area > 0) & (area >= area_limit)
-    owner = tf.where(tf.gather(kept, tf.maximum(owner, 0), axis=1, batch_dims=1)
-                     & (owner >= 0), owner, -1)
-    return owner, kept, scores
+    instance_ids = tf.broadcast_to(tf.range(1, num_slots + 1)[None, :],
+                                   tf.shape(class_conf))
+    return owner, scores, instance_ids
 
-  def _assemble(self, owner, kept, scores, slot_classes, is_thing,
+  def _filter_by_area(self, owner, slot_classes, is_thing, num_slots):
+    """Voids thing segments and stuff classes below their area limit.
+
+    As DeepLab2's `_merge_mask_id_and_semantic_maps`, after the merge: a thing
+    counts the pixels its slot owns, stuff counts all pixels of its class
+    (stuff slots of one class merge); the voided pixels stay void. Areas are
+    over the whole tube (T frames) at the output size.
+
+    Args:
+      owner: int32 [B, P], slot of each pixel, -1 if none.
+      slot_classes: int32 [B, N]; is_thing: bool [B, N].
+      num_slots: N.
+
+    Returns:
+      owner with filtered pixels set to -1, and kept: bool [B, N], slots
+      that own pixels after filtering.
+    """
+    owned = tf.cast(tf.equal(owner[:, None, :],
+                             tf.range(num_slots)[None, :, None]), tf.float32)
+    slot_area = tf.reduce_sum(owned, axis=-1)  # [B, N]
+    same_stuff_class = tf.cast(
+        tf.equal(slot_classes[:, :, None], slot_classes[:, None, :]) &
+        ~is_thing[:, :, None] & ~is_thing[:, None, :], tf.float32)
+    class_area = tf.einsum('bnm,bm->bn', same_stuff_class, slot_area)
+    area_ok = tf.where(is_thing, slot_area >= float(self.thing_area_limit),
+                       class_area >= float(self.stuff_area_limit))
+    kept = area_ok & (slot_area > 0)
+    owner = tf.where(
+        (owner >= 0) & tf.gather(kept, tf.maximum(owner, 0), axis=1, batch_dims=1),
+        owner, -1)
+    return owner, kept
+
+  def _assemble(self, owner, kept, scores, slot_classes, is_thing, instance_ids,
                 query_embeddings, batch, frames, out_h, out_w, num_slots):
     """Builds the output dict from the pixel -> slot owner map [B, T*H*W]."""
     void_id = self.ignore_label * self.label_divisor
-    slot_index = tf.range(num_slots, dtype=tf.int32)[None, :]
     slot_ids = slot_classes * self.label_divisor + tf.where(
-        is_thing, slot_index + 1, 0)  # [B, N]
+        is_thing, instance_ids, 0)  # [B, N]
     segment_ids = tf.where(kept, slot_ids, 0)
     pixel_ids = tf.gather(slot_ids, tf.maximum(owner, 0), axis=1, batch_dims=1)
     panoptic = tf.where(owner >= 0, pixel_ids, void_id)
