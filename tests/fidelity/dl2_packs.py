@@ -307,10 +307,10 @@ def deeplab2_assignment(loss, gt, case: str) -> tf.Tensor:
 def loss_terms(result) -> Dict[str, float]:
   """Our loss dict -> DeepLab2's term names (`<term>`, `aux_<i><term>`), floats."""
   terms = {}
-  for index, output in enumerate(result['per_output']):
-    prefix = '' if index == 0 else f'aux_{index - 1}'
-    for key, value in output.items():
-      terms[prefix + key] = float(value.numpy()[0])
+  for key, value in result.items():
+    output, _, term = key.partition('/')
+    if term:  # 'main/<term>' -> '<term>', 'aux_<i>/<term>' -> 'aux_<i><term>'.
+      terms[('' if output == 'main' else output) + term] = float(value.numpy()[0])
   terms[common.SEMANTIC_LOSS] = float(result[common.SEMANTIC_LOSS].numpy()[0])
   terms[common.TOTAL_LOSS] = float(result[common.TOTAL_LOSS].numpy()[0])
   return terms

@@ -28,16 +28,37 @@ def test_hand_built_clip_masks():
   # Crowd person pixels and void pixels belong to no mask.
   np.testing.assert_array_equal(mask_id[0][2], [-1, -1, -1, -1])
   assert mask_id[1][2, 2] == -1 and mask_id[1][0, 3] == 0
-  np.testing.assert_array_equal(out[ct.PIXEL_NON_VOID], mask_id.reshape(1, -1)
-                                >= 0)
+  np.testing.assert_array_equal(out[ct.PIXEL_IN_MASK], mask_id.reshape(1, -1) >= 0)
   np.testing.assert_array_equal(out[ct.PIXEL_MASK_ONE_HOT].sum(-1),
-                                out[ct.PIXEL_NON_VOID])
-  # Inverse area: P / area for mask pixels, P for void.
+                                out[ct.PIXEL_IN_MASK])
+  # DeepLab2: crowd is not void; only the ignore label is.
+  non_void = out[ct.PIXEL_NON_VOID].reshape(2, 4, 4)
+  np.testing.assert_array_equal(non_void[0][2], [1, 1, 0, 0])
+  assert non_void[1][2, 2] == 0 and non_void.sum() == 32 - 3
+  # Inverse area: P / area for mask pixels, P for void and crowd.
   assert out[ct.PIXEL_INVERSE_MASK_AREA][0, 0] == pytest.approx(32 / 8)
   assert out[ct.PIXEL_INVERSE_MASK_AREA][0, 10] == pytest.approx(32.0)
-  # The semantic label keeps crowd pixels with their class, void -> 255.
-  np.testing.assert_array_equal(out[ct.SEMANTIC_LABEL][0, 0, 2],
-                                [2, 2, 255, 255])
+  assert out[ct.PIXEL_INVERSE_MASK_AREA][0, 8] == pytest.approx(32.0)
+
+
+def test_semantic_targets_keep_crowd_and_weigh_small_instances():
+  out = ct.semantic_targets(tf.constant(hand_built_clip()), (4, 4),
+                            small_instance_area=3, small_instance_weight=3.0,
+                            **{k: v for k, v in _KWARGS.items() if k != 'num_mask_slots'})
+  label = out[ct.SEMANTIC_LABEL].numpy()[0]
+  weight = out[ct.SEMANTIC_WEIGHT].numpy()[0]
+  # Crowd pixels keep their class, void -> 255.
+  np.testing.assert_array_equal(label[0, 2], [2, 2, 255, 255])
+  # Person 1 (2 pixels in frame 1) is below 3 pixels; the car (4 per frame),
+  # the crowd (instance 0) and stuff keep weight 1. Areas count per frame.
+  np.testing.assert_array_equal(weight[1, 2], [3.0, 3.0, 1.0, 1.0])
+  assert weight.sum() == 32 + 2 * 2.0
+  # Strided to the logits' size: 4 -> 2 takes rows 0 and 3 ((4 - 1) // 1).
+  small = ct.semantic_targets(tf.constant(hand_built_clip()), (2, 2),
+                              **{k: v for k, v in _KWARGS.items() if k != 'num_mask_slots'})
+  np.testing.assert_array_equal(small[ct.SEMANTIC_LABEL].numpy()[0, 0],
+                                [[1, 0], [3, 3]])
+  np.testing.assert_array_equal(small[ct.SEMANTIC_WEIGHT].numpy(), 1.0)
 
 
 def test_downsampling_is_strided_slicing_and_runs_in_graph():
@@ -47,7 +68,6 @@ def test_downsampling_is_strided_slicing_and_runs_in_graph():
   fn = tf.function(lambda x: ct.build_clip_targets(x, **_KWARGS))
   out = fn(tf.constant(label))
   assert out[ct.PIXEL_MASK_ID].shape == (1, 2 * 2 * 3)  # h = ceil(5/4) = 2.
-  assert out[ct.SEMANTIC_LABEL].shape == (1, 2, 2, 3)
   assert out[ct.NUM_MASKS].numpy().tolist() == [2]
   np.testing.assert_array_equal(out[ct.MASK_CLASS].numpy()[0, :2], [1, 3])
 

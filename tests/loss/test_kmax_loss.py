@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from deeplab2_vkmax import common
+from deeplab2_vkmax.model import class_order
 from deeplab2_vkmax.model.loss import clip_targets as ct
 from deeplab2_vkmax.model.loss.kmax_loss import KMaXLoss
 
@@ -17,6 +18,8 @@ _MAIN_KEYS = (common.PQ_STYLE_LOSS, common.MASK_ID_CROSS_ENTROPY_LOSS,
               common.INSTANCE_DISCRIMINATION_LOSS, common.SEMANTIC_LOSS,
               common.TOTAL_LOSS)
 _SEED = tf.constant([1, 2], tf.int32)
+# Class-logit channel of each class (DeepLab2's order: things 1, 2, then 0, 3).
+_CHANNEL = class_order.class_channels(_C, [1, 2])
 
 
 def _loss(**kwargs):
@@ -59,9 +62,11 @@ def _perfect_pred(loss, label, slot_of_mask=(5, 0, 3, 6), void_slot=7,
   class_logits = np.zeros((_N, _C + 1))
   class_logits[:, _C] = confidence  # Unused slots predict void.
   for m, slot in enumerate(slot_of_mask):
-    class_logits[slot] = np.eye(_C + 1)[mask_class[m]] * confidence
+    class_logits[slot] = np.eye(_C + 1)[_CHANNEL[mask_class[m]]] * confidence
   feature = np.eye(_D)[np.where(mask_id >= 0, mask_id, _D - 1)]  # [P, D]
-  semantic = targets[ct.SEMANTIC_LABEL].numpy().reshape(-1)
+  semantic = ct.semantic_targets(
+      label[common.PANOPTIC_LABEL], (4, 4), num_classes=_C, ignore_label=255,
+      label_divisor=1000, thing_class_ids=[1, 2])[ct.SEMANTIC_LABEL].numpy().reshape(-1)
   semantic_logits = np.eye(_C)[np.minimum(semantic, _C - 1)] * confidence
   shape = (1, 2, 4, 4)
   pred = {
@@ -105,11 +110,13 @@ def test_perfect_prediction_gives_minimal_loss():
   assert out[common.LOSS_MEAN_MATCHED_DICE][0] == pytest.approx(1.0, abs=1e-5)
   assert out[common.LOSS_MEAN_MATCHED_CLASS_PROB][0] == pytest.approx(1.0)
   # Instance discrimination cannot reach 0 at a finite temperature. With
-  # orthogonal per-mask features (cosine 1 inside a mask, 0 across) and all 27
-  # non-void pixels sampled, an anchor in a mask of size s has loss
-  # log(s + (27 - s) * exp(-1 / 0.3)).
+  # orthogonal per-mask features (cosine 1 inside a mask, 0 across) and all 32
+  # pixels sampled (sample_k clipped to the clip), an anchor in a mask of size
+  # s has loss log(s + (32 - s) * exp(-1 / 0.3)): as in DeepLab2, crowd and void
+  # pixels stay in every softmax; their own rows have no target (loss 0) and
+  # do not count in the mean over the 27 non-zero rows.
   sizes = np.array([9, 8, 2, 8])  # road, car tube, person, sky.
-  expected = np.sum(sizes * np.log(sizes + (27 - sizes) * np.exp(-1 / 0.3)))
+  expected = np.sum(sizes * np.log(sizes + (32 - sizes) * np.exp(-1 / 0.3)))
   assert out[common.INSTANCE_DISCRIMINATION_LOSS][0] == pytest.approx(
       expected / 27, rel=1e-4)
   random = _numpy(loss(_label(), _random_pred(np.random.default_rng(1)),
@@ -144,19 +151,18 @@ def test_void_pixels_do_not_change_pixel_losses():
   rng = np.random.default_rng(3)
   label = _label()
   void = (label[common.PANOPTIC_LABEL].numpy() == VOID)[..., np.newaxis]
-  crowd = (label[common.PANOPTIC_LABEL].numpy() == 2000)[..., np.newaxis]
-  ignored = np.logical_or(void, crowd)
   pred = _random_pred(rng)
   changed = dict(pred)
   for key in (common.PRED_PIXEL_SPACE_MASK_LOGITS,
               common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE):
     noise = tf.math.l2_normalize(tf.random.normal(pred[key].shape), -1) * 5
-    changed[key] = tf.where(ignored, noise, pred[key])
+    changed[key] = tf.where(void, noise, pred[key])
   changed[common.PRED_SEMANTIC_LOGITS] = tf.where(
       void, 9.0, pred[common.PRED_SEMANTIC_LOGITS])
   # The class term of unmatched slots is weighted by the void share of their
-  # mask (by design), so only the main-output class term may move.
-  loss = _loss(use_auxiliary_outputs=False)
+  # mask (by design), so only the class term may move. With sample_k below the
+  # 29 non-void pixels, void pixels are never sampled.
+  loss = _loss(use_auxiliary_outputs=False, instance_discrimination_sample_k=16)
   a = _numpy(loss(label, pred, sample_seed=_SEED))
   b = _numpy(loss(label, changed, sample_seed=_SEED))
   for key in (common.PQ_STYLE_LOSS_MASK_DICE_TERM,
@@ -171,6 +177,43 @@ def test_void_pixels_do_not_change_pixel_losses():
                   sample_seed=_SEED))
   for key in _MAIN_KEYS:
     np.testing.assert_allclose(a[key], c[key], rtol=1e-6, err_msg=key)
+
+
+def test_crowd_pixels_count_in_matching_but_not_in_dice_or_mask_id():
+  """DeepLab2's crowd convention: non-void, but in no ground-truth mask."""
+  rng = np.random.default_rng(3)
+  label = _label()
+  crowd = (label[common.PANOPTIC_LABEL].numpy() == 2000)[..., np.newaxis]
+  pred = _random_pred(rng)
+  changed = dict(pred)
+  changed[common.PRED_PIXEL_SPACE_MASK_LOGITS] = tf.where(
+      crowd, 8.0, pred[common.PRED_PIXEL_SPACE_MASK_LOGITS])
+  loss = _loss(use_auxiliary_outputs=False)
+  a = _numpy(loss(label, pred, sample_seed=_SEED))
+  b = _numpy(loss(label, changed, sample_seed=_SEED))
+  # Crowd pixels are in the predicted masks of the matching dice.
+  assert abs(a[common.LOSS_MEAN_MATCHED_DICE][0] -
+             b[common.LOSS_MEAN_MATCHED_DICE][0]) > 1e-4
+  # With the matching held fixed, the dice term and mask-ID term ignore them.
+  targets = loss.build_targets(label[common.PANOPTIC_LABEL])
+  assignment = loss._match(pred, targets, None)['assignment']  # pylint: disable=protected-access
+  fixed_a = _numpy(loss(label, pred, sample_seed=_SEED, assignment=assignment))
+  fixed_b = _numpy(loss(label, changed, sample_seed=_SEED, assignment=assignment))
+  for key in (common.MASK_ID_CROSS_ENTROPY_LOSS,):
+    np.testing.assert_allclose(fixed_a[key], fixed_b[key], rtol=1e-6, err_msg=key)
+  # The dice term's weights (matched class probabilities) do not depend on
+  # the masks, so with the same matching it is unchanged too.
+  np.testing.assert_allclose(fixed_a[common.PQ_STYLE_LOSS_MASK_DICE_TERM],
+                             fixed_b[common.PQ_STYLE_LOSS_MASK_DICE_TERM], rtol=1e-6)
+  # Crowd pixels are sampled and sit in every softmax of instance discrimination.
+  features = dict(pred)
+  features[common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE] = tf.where(
+      crowd, tf.math.l2_normalize(tf.ones_like(
+          pred[common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE]), -1),
+      pred[common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE])
+  c = _numpy(loss(label, features, sample_seed=_SEED))
+  assert abs(a[common.INSTANCE_DISCRIMINATION_LOSS][0] -
+             c[common.INSTANCE_DISCRIMINATION_LOSS][0]) > 1e-4
 
 
 def test_gradients_are_finite_and_reach_every_prediction():
@@ -191,17 +234,22 @@ def test_gradients_are_finite_and_reach_every_prediction():
     assert np.abs(grad.numpy()).max() > 0.0
 
 
-def test_all_void_clip_gives_zero_loss_without_nan():
+def test_all_void_clip_trains_every_slot_towards_void_without_nan():
+  """DeepLab2: no mask terms, but each slot's class term targets void."""
   label = {common.PANOPTIC_LABEL: tf.fill([2, 2, 4, 4], VOID)}
   pred = _random_pred(np.random.default_rng(5), batch=2)
-  variables = tf.Variable(pred[common.PRED_PIXEL_SPACE_MASK_LOGITS])
+  variables = tf.Variable(pred[common.PRED_TRANSFORMER_CLASS_LOGITS])
   with tf.GradientTape() as tape:
     out = _loss()(label, dict(pred, **{
-        common.PRED_PIXEL_SPACE_MASK_LOGITS: variables}))
-  for key in _MAIN_KEYS:
+        common.PRED_TRANSFORMER_CLASS_LOGITS: variables}))
+  for key in (common.PQ_STYLE_LOSS_MASK_DICE_TERM, common.MASK_ID_CROSS_ENTROPY_LOSS,
+              common.INSTANCE_DISCRIMINATION_LOSS, common.SEMANTIC_LOSS):
     np.testing.assert_array_equal(out[key].numpy(), [0.0, 0.0], err_msg=key)
-  grad = tape.gradient(out[common.TOTAL_LOSS], variables)
-  assert grad is None or np.all(grad.numpy() == 0.0)
+  class_term = out[common.PQ_STYLE_LOSS_CLASS_TERM].numpy()
+  assert np.all(np.isfinite(class_term)) and np.all(class_term > 0.0)
+  # Every slot's mask lies on void (void ratio ~1): the gradient raises void.
+  grad = tape.gradient(out[common.TOTAL_LOSS], variables).numpy()
+  assert np.all(np.isfinite(grad)) and np.all(grad[..., _C] < 0.0)
 
 
 def test_losses_are_per_example():

@@ -60,10 +60,17 @@ _DICE_SMOOTH = 1.0
 # DeepLab2's `_SOFTMAX_MASKING_CONSTANT`: added to the sampling logits of void
 # pixels.
 _SAMPLING_MASKING_CONSTANT = -99999.0
-# Key of the per-output breakdown in the returned dict (not a [B] tensor).
-PER_OUTPUT = 'per_output'
 _TERMS = (common.PQ_STYLE_LOSS_CLASS_TERM, common.PQ_STYLE_LOSS_MASK_DICE_TERM,
           common.MASK_ID_CROSS_ENTROPY_LOSS, common.INSTANCE_DISCRIMINATION_LOSS)
+
+
+def output_term_key(output_index: int, term: str) -> str:
+  """Key of one output's term in the loss dict: 'main/<term>', 'aux_<i>/<term>'.
+
+  Output 0 is the main output, output i > 0 the (i-1)-th deep-supervision
+  output (DeepLab2 names the latter `aux_<i-1><term>`).
+  """
+  return f'main/{term}' if output_index == 0 else f'aux_{output_index - 1}/{term}'
 
 
 def _flatten_pixels(tensor: tf.Tensor) -> tf.Tensor:
@@ -281,9 +288,8 @@ class KMaXLoss:
         - diagnostics, not in the total: common.LOSS_NUM_GT_MASKS,
           common.LOSS_MEAN_MATCHED_DICE, common.LOSS_MEAN_MATCHED_CLASS_PROB
           (main output, stop-gradient);
-        - PER_OUTPUT: a tuple (main output, then each auxiliary output) of
-          dicts of the four per-output terms (DeepLab2's `<term>` and
-          `aux_<i><term>`).
+        - the per-output breakdown of the four terms above, under
+          `output_term_key(i, term)` ('main/...', 'aux_0/...', ...).
 
     Raises:
       ValueError: If the prediction shapes do not agree with the label, the
@@ -337,7 +343,11 @@ class KMaXLoss:
     num_masks = tf.cast(targets[clip_targets.NUM_MASKS], tf.float32)
     safe_count = tf.maximum(num_masks, 1.0)
     mask_valid = targets[clip_targets.MASK_VALID]
+    breakdown = {output_term_key(index, term): value
+                 for index, terms in enumerate(per_output)
+                 for term, value in terms.items()}
     return {
+        **breakdown,
         common.PQ_STYLE_LOSS: pq_style,
         common.MASK_ID_CROSS_ENTROPY_LOSS: sums[common.MASK_ID_CROSS_ENTROPY_LOSS],
         common.INSTANCE_DISCRIMINATION_LOSS:
@@ -352,7 +362,6 @@ class KMaXLoss:
             matching['matched_dice_per_slot'], axis=1) / safe_count,
         common.LOSS_MEAN_MATCHED_CLASS_PROB: tf.reduce_sum(
             matching['matched_class_prob'] * mask_valid, axis=1) / safe_count,
-        PER_OUTPUT: tuple(per_output),
     }
 
   def _check_shapes(self, output: Mapping[str, tf.Tensor],
