@@ -17,16 +17,24 @@ from deeplab2_vkmax.protos import trainer_pb2
 
 MIXED_PRECISION_POLICIES = export_model.MIXED_PRECISION_POLICIES
 
-# Variables that weight decay applies to (DeepLab2 decays kernels only).
-_DECAYED_VARIABLE_NAMES = ('kernel', 'depthwise_kernel', 'pointwise_kernel', 'qkv_kernel')
+# DeepLab2's AdamW (`trainer/trainer.py _create_optimizer`) decays the variables
+# whose name matches `.*(kernel|weight):0$`: conv, dense, depthwise and qkv
+# kernels; not BN/LayerNorm, biases, cluster centres, layer scales or
+# positional embeddings.
+_DECAYED_NAME_SUFFIXES = ('kernel', 'weight')
 
 
 @keras.saving.register_keras_serializable(package='deeplab2_vkmax')
 class WarmUpDecay(keras.optimizers.schedules.LearningRateSchedule):
-  """Linear warm-up to `base_learning_rate`, then poly or cosine decay.
+  """Linear warm-up to `base_learning_rate`, then poly or cosine decay (DeepLab2).
 
-  lr(step) = base * step / warmup_steps                          (step < warmup)
-  poly:   end + (base - end) * (1 - p) ** power, p = (step - warmup) / (total - warmup)
+  As DeepLab2's `trainer/trainer.py _create_optimizer` (Keras `PolynomialDecay` /
+  `CosineDecay` over all `training_number_of_steps`, wrapped in
+  `trainer_utils.WarmUp`): the decay is a function of the global step from 0,
+  and the warm-up replaces it for the first `warmup_steps` steps only.
+
+  lr(step) = base * step / warmup_steps                   (step < warmup)
+  poly:   end + (base - end) * (1 - p) ** power,  p = min(step, total) / total
   cosine: end + (base - end) * 0.5 * (1 + cos(pi * p))
   """
 
@@ -47,8 +55,8 @@ class WarmUpDecay(keras.optimizers.schedules.LearningRateSchedule):
     base = tf.constant(self.base_learning_rate, tf.float32)
     end = tf.constant(self.end_learning_rate, tf.float32)
     warmup = float(self.warmup_steps)
-    decay_steps = max(float(self.training_number_of_steps) - warmup, 1.0)
-    progress = tf.clip_by_value((step - warmup) / decay_steps, 0.0, 1.0)
+    total = max(float(self.training_number_of_steps), 1.0)
+    progress = tf.minimum(step, total) / total
     if self.learning_policy == 'poly':
       decayed = end + (base - end) * tf.pow(1.0 - progress, self.poly_learning_power)
     else:
@@ -81,8 +89,8 @@ def build_learning_rate(solver: trainer_pb2.SolverOptions, multiplier: float = 1
 
 
 def is_decayed(variable) -> bool:
-  """Whether weight decay applies to `variable` (kernels only)."""
-  return variable.name.split('/')[-1].split(':')[0] in _DECAYED_VARIABLE_NAMES
+  """Whether weight decay applies to `variable` (DeepLab2's rule: kernels)."""
+  return variable.name.split('/')[-1].split(':')[0].endswith(_DECAYED_NAME_SUFFIXES)
 
 
 def build_optimizer(solver: trainer_pb2.SolverOptions, variables: Sequence[tf.Variable],

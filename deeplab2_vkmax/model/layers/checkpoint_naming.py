@@ -26,22 +26,27 @@ def _rename_children(children, renames):
   return children
 
 
+class _KernelNamedKernel:
+  """Mixin: Keras 3 keeps the kernel as `_kernel`; checkpoint it as `kernel`."""
+
+  def _trackable_children(self, save_type='checkpoint', **kwargs):
+    return _rename_children(
+        super()._trackable_children(save_type, **kwargs), {'_kernel': 'kernel'})
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class Conv1D(keras.layers.Conv1D):
+class Conv1D(_KernelNamedKernel, keras.layers.Conv1D):
   """`keras.layers.Conv1D` whose kernel is checkpointed as `kernel`."""
 
-  def _trackable_children(self, save_type='checkpoint', **kwargs):
-    return _rename_children(
-        super()._trackable_children(save_type, **kwargs), {'_kernel': 'kernel'})
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Conv2D(_KernelNamedKernel, keras.layers.Conv2D):
+  """`keras.layers.Conv2D` whose kernel is checkpointed as `kernel`."""
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class Conv2D(keras.layers.Conv2D):
-  """`keras.layers.Conv2D` whose kernel is checkpointed as `kernel`."""
-
-  def _trackable_children(self, save_type='checkpoint', **kwargs):
-    return _rename_children(
-        super()._trackable_children(save_type, **kwargs), {'_kernel': 'kernel'})
+class Dense(_KernelNamedKernel, keras.layers.Dense):
+  """`keras.layers.Dense` whose kernel is checkpointed as `kernel`."""
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -88,15 +93,6 @@ class LayerList(keras.layers.Layer):
 
   def call(self, inputs):
     raise NotImplementedError(f'{type(self).__name__} is a container; index it.')
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class Dense(keras.layers.Dense):
-  """`keras.layers.Dense` whose kernel is checkpointed as `kernel`."""
-
-  def _trackable_children(self, save_type='checkpoint', **kwargs):
-    return _rename_children(
-        super()._trackable_children(save_type, **kwargs), {'_kernel': 'kernel'})
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
