@@ -8,7 +8,7 @@ Signatures:
   serving_frame:   `input_tensor` uint8 [H, W, 3]    (one frame, online use)
 Both return int32 `panoptic_pred` and `semantic_pred` [T, H, W] at the input
 resolution (T = 1 for serving_frame), and per mask slot n what the cross-clip
-associater needs: `segment_ids` [N] (panoptic id, thing instance = slot + 1, the
+associater needs: `segment_ids` [N] (panoptic id, thing instance = the slot's rank + 1, the
 same in every frame of the clip), `segment_classes` [N], `segment_scores` [N],
 `query_embeddings` [N, E] and `segment_boxes` [T, N, 4] (normalised to the input
 size). Frames are padded bottom/right to the next 32k + 1 size (kMaX's crop
