@@ -30,6 +30,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 # Tolerance on each variable's gradient g (single device) vs g' (mirrored):
 #   max|g - g'| <= _RTOL * max|g| + _ATOL * (max over all variables of max|g|).
@@ -138,6 +139,7 @@ def _run_subprocess():
   return json.loads(lines[0][len('RESULT '):])
 
 
+@pytest.mark.slow  # Slow tier: full-size build or a subprocess.
 def test_mirrored_gradient_equals_single_device_gradient():
   result = _run_subprocess()
   assert result['num_replicas'] == 2

@@ -68,6 +68,7 @@ def _tiny(num_classes=3, **overrides):
   return model
 
 
+@pytest.mark.slow  # Slow tier: full-size build or a subprocess.
 def test_r50_restores_every_variable_of_a_deeplab2_checkpoint(tmp_path, deeplab2_r50_keys):
   keys = deeplab2_r50_keys
   path, written = _write_deeplab2_style_checkpoint(tmp_path, keys)

@@ -189,6 +189,7 @@ def test_invalid_options_raise():
     clip_kmax.ClipKMaX(num_classes=3, transformer_decoder_block_counts=(1, 1))
 
 
+@pytest.mark.slow  # Slow tier: full-size build or a subprocess.
 def test_r50_matches_deeplab2_checkpoint_and_parameter_counts(tmp_path, deeplab2_r50_keys):
   model = clip_kmax.ClipKMaX(num_classes=19)
   model(tf.zeros([1, 1, 65, 129, 3]))
@@ -210,6 +211,7 @@ def test_r50_matches_deeplab2_checkpoint_and_parameter_counts(tmp_path, deeplab2
   assert saved == deeplab2_r50_keys
 
 
+@pytest.mark.slow  # Slow tier: full-size build or a subprocess.
 def test_cityscapes_variant_matches_deeplab2_parameter_count():
   # DeepLab2 Cityscapes kMaX-R50: OS2 decoder, 256 slots, no semantic decoder.
   model = clip_kmax.ClipKMaX(num_classes=19, decoder_output_stride=2,

@@ -93,6 +93,7 @@ def test_convnext_tiny_parameter_count():
   assert _params(encoder) == 27_818_592
 
 
+@pytest.mark.slow  # Slow tier: full-size build or a subprocess.
 @pytest.mark.parametrize('name, expected', [
     ('convnext_small', 49_453_152), ('convnext_base', 87_564_416),
     ('convnext_large', 196_227_264)])

@@ -107,6 +107,7 @@ def runs(tiny_export, tmp_path_factory):
       runs[key].wait()
 
 
+@pytest.mark.slow  # Slow tier: full-size build or a subprocess.
 def test_saved_model_in_fresh_process_matches_keras(tiny_export, runs):
   _, module = tiny_export
   result = _finish(runs['reload'])

@@ -38,6 +38,7 @@ def test_train_py_rejects_a_misspelled_field_in_one_line(tmp_path):
   assert 'Traceback' not in run.stderr
 
 
+@pytest.mark.slow  # Slow tier: full-size build or a subprocess.
 def test_shipped_r50_config_builds_the_real_model():
   config = config_lib.load_experiment_config(str(R50))
   descriptor = data_lib.dataset_descriptor(config.train_dataset_options)
