@@ -123,6 +123,35 @@ def load_serving_signature(saved_model: str):
   return signature
 
 
+def check_dataset_matches(saved_model: str,
+                          descriptor: dataset_lib.DatasetDescriptor) -> None:
+  """Refuses a --dataset whose classes or label divisor are not the model's.
+
+  A model trained on another data set would run and score 0 silently. The
+  SavedModel's own config.textproto names its data set; a SavedModel without
+  one is not checked.
+
+  Raises:
+    ValueError: naming both data sets, their class counts and divisors.
+  """
+  path = os.path.join(saved_model, 'config.textproto')
+  if not os.path.isfile(path):
+    return
+  trained = config_lib.load_experiment_config(path)
+  name = (trained.eval_dataset_options.dataset or
+          trained.train_dataset_options.dataset)
+  if not name:
+    return
+  model_data = dataset_lib.get_dataset_descriptor(name)
+  if (model_data.num_classes, model_data.panoptic_label_divisor) != (
+      descriptor.num_classes, descriptor.panoptic_label_divisor):
+    raise ValueError(
+        f'{saved_model}: the model was trained on "{name}" ({model_data.num_classes} '
+        f'classes, label divisor {model_data.panoptic_label_divisor}) but '
+        f'--dataset={descriptor.name} has {descriptor.num_classes} classes, label '
+        f'divisor {descriptor.panoptic_label_divisor}')
+
+
 def load_config(saved_model: str, config_file: Optional[str],
                 clip_length: int) -> config_pb2.ExperimentOptions:
   """The association options: --config_file, else the SavedModel's own config."""
@@ -296,7 +325,8 @@ def run_evaluation(*, saved_model: str, dataset: str, file_pattern: str, output_
 
   Raises:
     ValueError: unknown data set / metric / format, a file pattern that matches
-      nothing, a SavedModel without the expected signature, clip_length < 1.
+      nothing, a SavedModel without the expected signature, clip_length < 1,
+      a --dataset whose classes or label divisor differ from the model's.
   """
   import glob  # pylint: disable=g-import-not-at-top
   descriptor = dataset_lib.get_dataset_descriptor(dataset)
@@ -313,6 +343,7 @@ def run_evaluation(*, saved_model: str, dataset: str, file_pattern: str, output_
   metrics = list(metrics) if metrics else default_metrics(dataset)
   vpq_windows = vpq_windows or default_vpq_windows(dataset)
   build_metrics(metrics, descriptor, vpq_windows)  # Fail early on bad names.
+  check_dataset_matches(saved_model, descriptor)
   load_config(saved_model, config_file, clip_length)
   options = dict(saved_model=saved_model, dataset=dataset, file_pattern=file_pattern,
                  output_dir=output_dir, clip_length=clip_length, config_file=config_file,

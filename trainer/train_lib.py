@@ -384,6 +384,15 @@ def run_experiment(mode: str, config: config_pb2.ExperimentOptions, model_dir: s
       shutil.rmtree(write_dir, ignore_errors=True)
 
 
+def _export(experiment, log_fn) -> None:
+  """Exports the experiment's model as a SavedModel to `<run dir>/export`."""
+  config = experiment.config
+  export_dir = os.path.join(experiment.run_dir, 'export')
+  export_model.export_saved_model(experiment.model, builder.build_post_processor(
+      config, data_lib.dataset_descriptor(config.eval_dataset_options)), config, export_dir)
+  log_fn(f'exported SavedModel to {export_dir}')
+
+
 def _run(mode, experiment, write_dir, log_fn):
   config = experiment.config
   chief = write_dir == experiment.run_dir
@@ -411,6 +420,11 @@ def _run(mode, experiment, write_dir, log_fn):
   if mode in ('eval', 'export') and manager.latest_checkpoint is None:
     raise ValueError(f'--mode={mode} needs a checkpoint in {experiment.run_dir}; none found '
                      '(train first, or point --model_dir at a trained run)')
+  if mode == 'export':
+    # Nothing to train or evaluate: restore the latest weights and export.
+    checkpoint.restore(manager.latest_checkpoint).expect_partial()
+    log_fn(f'restored {manager.latest_checkpoint}')
+    return _export(experiment, log_fn)
   watcher = PreemptionWatcher(experiment.strategy)
   controller = orbit.Controller(
       strategy=experiment.strategy,
@@ -439,11 +453,8 @@ def _run(mode, experiment, write_dir, log_fn):
   elif mode == 'continuous_eval':
     for result in _continuous_eval(controller, experiment, manager, total_steps):
       pass
-  if mode in ('train_and_eval', 'export'):
-    export_dir = os.path.join(experiment.run_dir, 'export')
-    export_model.export_saved_model(experiment.model, builder.build_post_processor(
-        config, data_lib.dataset_descriptor(config.eval_dataset_options)), config, export_dir)
-    log_fn(f'exported SavedModel to {export_dir}')
+  if mode == 'train_and_eval':
+    _export(experiment, log_fn)
   if result is not None:
     result = {k: float(v) for k, v in result.items()}
     with open(os.path.join(experiment.run_dir, 'eval', 'latest_metrics.json'), 'w') as f:

@@ -115,15 +115,23 @@ def renumber_frames(sequence: FrameSequence) -> FrameSequence:
       for index, frame in enumerate(sequence.frames)))
 
 
+_DIGIT_RUNS = re.compile(r'(\d+)')
+
+
 def shard_filename(split: str, shard: int, num_shards: int) -> str:
   """'{split}-%05d-of-%05d.tfrecord'."""
   return '%s-%05d-of-%05d.tfrecord' % (split, shard, num_shards)
 
 
-def natural_key(name: str) -> Tuple[int, int, str]:
-  """Sort key: numeric stems in numeric order first, then the others by name."""
-  stem = os.path.splitext(name)[0]
-  return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
+def natural_key(name: str) -> Tuple[Tuple[int, object], ...]:
+  """Natural sort key: digit runs compare as numbers, the rest as text.
+
+  'frame2' < 'frame10', '000009.png' < '000010.png'; a name starting with a
+  number sorts before one starting with a letter; ties keep the plain name order.
+  """
+  parts = tuple((0, int(chunk)) if chunk.isdigit() else (1, chunk)
+                for chunk in _DIGIT_RUNS.split(name) if chunk)
+  return parts + ((2, name),)
 
 
 def read_split_list(path: str) -> List[str]:

@@ -18,19 +18,23 @@ Writes under --output_dir:
                               box [x0, y0, x1, y1], area}]}
 
 Bad input (missing / unreadable video, a non-image file in a frame folder, a
-SavedModel without the clip-kMaX signatures) exits with one line `error: ...`.
+SavedModel without the clip-kMaX signatures, a non-empty --output_dir without
+--overwrite) exits with one line `error: ...`.
 """
 
 import argparse
 import glob
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
+
+from deeplab2_vkmax.data import tfrecord_writer
 
 _VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v')
 _DEFAULT_FOLDER_FPS = 10.0
@@ -57,6 +61,10 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser.add_argument('--fps', type=float, default=None,
                       help='Frame rate of overlay.mp4 (default: the video\'s, or 10).')
   parser.add_argument('--no_overlay_video', action='store_true', help='Skip overlay.mp4.')
+  parser.add_argument('--overwrite', action='store_true',
+                      help='Reuse a non-empty --output_dir: first delete what '
+                      'vkmax-predict writes there (overlays/, panoptic/, '
+                      'overlay.mp4, segments.jsonl).')
   parser.add_argument('--no_progress', action='store_true', help='No progress bar.')
   args = parser.parse_args(argv)
   if bool(args.saved_model) == bool(args.checkpoint_path):
@@ -75,12 +83,16 @@ def _is_glob(pattern: str) -> bool:
 
 
 def _image_files(input_path: str) -> List[str]:
+  """Frame files in natural order: frame2 before frame10 (as the converters)."""
   if os.path.isdir(input_path):
-    names = sorted(n for n in os.listdir(input_path) if not n.startswith('.'))
+    names = sorted((n for n in os.listdir(input_path) if not n.startswith('.')),
+                   key=tfrecord_writer.natural_key)
     files = [os.path.join(input_path, n) for n in names
              if os.path.isfile(os.path.join(input_path, n))]
   else:
-    files = sorted(f for f in glob.glob(input_path) if os.path.isfile(f))
+    files = sorted((f for f in glob.glob(input_path) if os.path.isfile(f)),
+                   key=lambda f: (os.path.dirname(f),
+                                  tfrecord_writer.natural_key(os.path.basename(f))))
   if not files:
     raise InputError(f'{input_path}: no frames found')
   return files
@@ -98,6 +110,23 @@ def _read_image(path: str) -> np.ndarray:
 def _image_frames(files: List[str]) -> Iterator[np.ndarray]:
   for path in files:
     yield _read_image(path)
+
+
+def _animation_frames(path: str) -> Iterator[np.ndarray]:
+  """Every frame of a multi-frame image (animated GIF, APNG, multi-page TIFF)."""
+  with Image.open(path) as image:
+    for index in range(image.n_frames):
+      image.seek(index)
+      yield np.asarray(image.convert('RGB'))
+
+
+def _frame_count(path: str) -> int:
+  """Frames in an image file (1 for a still image)."""
+  try:
+    with Image.open(path) as image:
+      return int(getattr(image, 'n_frames', 1))
+  except (OSError, ValueError, Image.DecompressionBombError):
+    raise InputError(f'{path}: not a readable image') from None
 
 
 def _open_video(path: str):
@@ -129,8 +158,9 @@ def open_frames(input_path: str) -> Tuple[Iterator[np.ndarray], Optional[int], O
   """Opens `input_path` as a stream of uint8 RGB frames.
 
   Args:
-    input_path: A video file, a folder of images (sorted by name; hidden files
-      skipped) or a glob of images.
+    input_path: A video file, an image (every frame of an animated one), a
+      folder of images (in natural order: frame2 before frame10; hidden files
+      skipped) or a glob of images (likewise).
 
   Returns:
     (frames iterator, number of frames or None, frames per second or None).
@@ -152,7 +182,11 @@ def open_frames(input_path: str) -> Tuple[Iterator[np.ndarray], Optional[int], O
   if not os.path.isfile(input_path):
     raise InputError(f'{input_path}: no such video file, frame folder or glob')
   if not input_path.lower().endswith(_VIDEO_EXTENSIONS):
-    # A single image is a one-frame video.
+    # A single image is a one-frame video; an animated one (GIF, APNG) is a
+    # video of all its frames.
+    count = _frame_count(input_path)
+    if count > 1:
+      return _animation_frames(input_path), count, None
     return _image_frames([input_path]), 1, None
   import cv2  # pylint: disable=g-import-not-at-top
   capture, first = _open_video(input_path)
@@ -165,6 +199,34 @@ def open_frames(input_path: str) -> Tuple[Iterator[np.ndarray], Optional[int], O
 # ----------------------------------------------------------------------------
 # Writers.
 
+# What vkmax-predict writes under --output_dir.
+_OUTPUT_DIRS = ('overlays', 'panoptic')
+_OUTPUT_FILES = ('overlay.mp4', 'segments.jsonl')
+
+
+def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
+  """Refuses a non-empty output folder unless `overwrite`; then clears our outputs.
+
+  Outputs of an earlier, longer run left beside new ones would make the folder
+  disagree with itself (old overlays, new segments.jsonl).
+
+  Raises:
+    InputError: a non-empty folder without `overwrite`, or a path that is a file.
+  """
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise InputError(f'{output_dir}: --output_dir is a file, not a folder')
+  if not os.path.isdir(output_dir) or not os.listdir(output_dir):
+    return
+  if not overwrite:
+    raise InputError(f'{output_dir}: --output_dir is not empty; pass --overwrite to '
+                     'replace the outputs of an earlier vkmax-predict run')
+  for name in _OUTPUT_DIRS:
+    shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+  for name in _OUTPUT_FILES:
+    path = os.path.join(output_dir, name)
+    if os.path.isfile(path):
+      os.remove(path)
+
 
 class _OutputWriter:
   """Writes every output of one frame as soon as it is final."""
@@ -173,12 +235,12 @@ class _OutputWriter:
     self._descriptor = descriptor
     self._fps = fps
     self._write_video = write_video
-    self.overlay_dir = os.path.join(output_dir, 'overlays')
-    self.panoptic_dir = os.path.join(output_dir, 'panoptic')
+    self.overlay_dir = os.path.join(output_dir, _OUTPUT_DIRS[0])
+    self.panoptic_dir = os.path.join(output_dir, _OUTPUT_DIRS[1])
     os.makedirs(self.overlay_dir, exist_ok=True)
     os.makedirs(self.panoptic_dir, exist_ok=True)
-    self.video_path = os.path.join(output_dir, 'overlay.mp4')
-    self.segments_path = os.path.join(output_dir, 'segments.jsonl')
+    self.video_path = os.path.join(output_dir, _OUTPUT_FILES[0])
+    self.segments_path = os.path.join(output_dir, _OUTPUT_FILES[1])
     self._segments = open(self.segments_path, 'w', encoding='utf-8')
     self._video = None
 
@@ -213,6 +275,7 @@ class _OutputWriter:
 def run(args: argparse.Namespace) -> int:
   """Runs the prediction; returns the number of frames written."""
   frames, num_frames, video_fps = open_frames(args.input)  # Input errors come first.
+  prepare_output_dir(args.output_dir, args.overwrite)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   from deeplab2_vkmax import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
   predictor = predictor_lib.Predictor(

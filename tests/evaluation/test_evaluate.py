@@ -181,3 +181,16 @@ def test_association_bench_on_model_scores_like_the_evaluator(exported, tmp_path
     assert aq == pytest.approx(report['overall']['AQ'], abs=1e-12)
     terms = [v for video in per_track['model'] for v in video.values()]
     assert aq == pytest.approx(np.mean(terms))
+
+
+def test_dataset_of_another_model_is_refused_naming_both(tmp_path):
+  """A model trained on the synthetic set, evaluated as KITTI-STEP, would score 0."""
+  with open(_CONFIG) as f:
+    (tmp_path / 'config.textproto').write_text(f.read())  # As the export writes it.
+  kitti = dataset_lib.get_dataset_descriptor('kitti_step')
+  with pytest.raises(ValueError, match=r'trained on "synthetic" \(6 classes, label divisor '
+                     r'1000\) but --dataset=kitti_step has 19 classes') as error:
+    evaluate.check_dataset_matches(str(tmp_path), kitti)
+  assert '\n' not in str(error.value)
+  evaluate.check_dataset_matches(str(tmp_path), DESCRIPTOR)  # Its own: fine.
+  evaluate.check_dataset_matches(str(tmp_path / 'no_config'), kitti)  # Nothing to check.

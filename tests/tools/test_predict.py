@@ -176,6 +176,7 @@ def _read_video_rgb(path):
   return frames
 
 
+@pytest.mark.slow  # Slow tier: runs the CLI in subprocesses.
 def test_cli_on_mp4(keras_predictor, runs):
   # The same decoded frames through the Python API give the same outputs.
   expected = list(keras_predictor.predict_video(_read_video_rgb(runs['video'])))
@@ -187,6 +188,7 @@ def test_cli_on_mp4(keras_predictor, runs):
   _check_outputs(str(runs['root'] / 'mp4_out'), expected)
 
 
+@pytest.mark.slow  # Slow tier: runs the CLI in subprocesses.
 def test_cli_on_frame_folder_with_padding(keras_predictor, runs):
   expected = list(keras_predictor.with_options(clip_length=3).predict_video(
       runs['frames']))
@@ -208,6 +210,7 @@ def _run_now(*flags):
   return _finish(_predict_cli(*flags))
 
 
+@pytest.mark.slow  # Slow tier: runs the CLI in subprocesses.
 def test_missing_and_unreadable_video(tmp_path):
   missing = str(tmp_path / 'missing.mp4')
   _assert_one_line_error(_run_now(f'--input={missing}', '--saved_model=unused',
@@ -218,6 +221,7 @@ def test_missing_and_unreadable_video(tmp_path):
                                   f'--output_dir={tmp_path}'), str(broken))
 
 
+@pytest.mark.slow  # Slow tier: runs the CLI in subprocesses.
 def test_non_image_in_frame_folder(tmp_path):
   folder = tmp_path / 'frames'
   folder.mkdir()
@@ -228,9 +232,63 @@ def test_non_image_in_frame_folder(tmp_path):
                          str(folder / 'notes.txt'))
 
 
+@pytest.mark.slow  # Slow tier: runs the CLI in subprocesses.
 def test_saved_model_of_the_wrong_kind(runs, tmp_path):
   _assert_one_line_error(_finish(runs['wrong']), runs['wrong_model'], 'signature')
   not_a_model = tmp_path / 'empty_dir'
   not_a_model.mkdir()
   with pytest.raises(predictor_lib.PredictorError, match='empty_dir'):
     predictor_lib.Predictor(str(not_a_model))
+
+
+def _frame(value):
+  """A 24x32 RGB frame filled with `value` (its identity in the tests below)."""
+  return np.full((24, 32, 3), value, np.uint8)
+
+
+def test_frame_folder_and_glob_are_read_in_natural_order(tmp_path):
+  """frame0 .. frame11 in numeric order, not text order (0, 1, 10, 11, 2, ...)."""
+  from deeplab2_vkmax.tools import predict  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'frames'
+  folder.mkdir()
+  for index in (10, 2, 0, 11, 1, 9):
+    Image.fromarray(_frame(index * 10)).save(folder / f'frame{index}.png')
+  for source in (str(folder), str(folder / 'frame*.png')):
+    frames, count, _ = predict.open_frames(source)
+    assert count == 6
+    assert [int(f[0, 0, 0]) // 10 for f in frames] == [0, 1, 2, 9, 10, 11]
+
+
+def test_animated_gif_yields_every_frame(tmp_path):
+  from deeplab2_vkmax.tools import predict  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'clip.gif'
+  images = [Image.fromarray(_frame(v)) for v in (0, 60, 120, 180, 240)]
+  images[0].save(path, save_all=True, append_images=images[1:], duration=100, loop=0)
+  frames, count, _ = predict.open_frames(str(path))
+  frames = list(frames)
+  assert count == len(frames) == 5
+  np.testing.assert_allclose([f.mean() for f in frames], [0, 60, 120, 180, 240], atol=2)
+  # A still image stays a one-frame video.
+  still = tmp_path / 'still.png'
+  Image.fromarray(_frame(50)).save(still)
+  frames, count, _ = predict.open_frames(str(still))
+  assert count == 1 and len(list(frames)) == 1
+
+
+def test_non_empty_output_dir_needs_overwrite_which_clears_old_outputs(tmp_path):
+  """Old overlays beside a new segments.jsonl would disagree with it."""
+  from deeplab2_vkmax.tools import predict  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'out'
+  (out / 'overlays').mkdir(parents=True)
+  (out / 'overlays' / '000019.png').write_bytes(b'old')
+  (out / 'panoptic').mkdir()
+  (out / 'segments.jsonl').write_text('old\n')
+  (out / 'notes.txt').write_text('the user\'s own file')
+  with pytest.raises(predict.InputError, match=r'out: --output_dir is not empty; pass --overwrite'):
+    predict.prepare_output_dir(str(out), overwrite=False)
+  assert (out / 'overlays' / '000019.png').exists()  # Nothing lost.
+  predict.prepare_output_dir(str(out), overwrite=True)
+  assert sorted(os.listdir(out)) == ['notes.txt']  # Only what the tool writes goes.
+  predict.prepare_output_dir(str(tmp_path / 'new'), overwrite=False)  # Absent: fine.
+  with pytest.raises(predict.InputError, match='is a file'):
+    predict.prepare_output_dir(str(out / 'notes.txt'), overwrite=True)

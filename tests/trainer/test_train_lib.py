@@ -112,3 +112,33 @@ def test_eval_without_checkpoint_is_a_clear_error(tmp_path):
   config = _tiny_config(tmp_path, 10)
   with pytest.raises(ValueError, match='needs a checkpoint'):
     train_lib.run_experiment('eval', config, str(tmp_path / 'empty'))
+
+
+@pytest.mark.slow
+def test_export_mode_exports_the_latest_checkpoint(tmp_path):
+  """--mode=export restores the latest checkpoint and writes its SavedModel."""
+  config = _tiny_config(tmp_path, 2)
+  model_dir = str(tmp_path / 'runs')
+  train_lib.run_experiment('train', config, model_dir, log_fn=lambda _: None)
+  run_dir = pathlib.Path(model_dir) / config.experiment_name
+  assert not (run_dir / 'export').exists()
+  lines = []
+  train_lib.run_experiment('export', config, model_dir, log_fn=lines.append)
+  assert any(line.startswith('restored ') and line.endswith('ckpt-2') for line in lines), lines
+  clip, height, width = _first_val_clip(config)
+  images = clip[common.IMAGE][:, :height, :width].astype(np.uint8)
+  served = tf.saved_model.load(str(run_dir / 'export')).signatures['serving_default'](
+      input_tensor=tf.constant(images))
+  experiment = train_lib.build_experiment(config, str(tmp_path / 'fresh'))
+  tf.train.Checkpoint(**experiment.model.checkpoint_items).read(
+      str(run_dir / 'ckpt-2')).expect_partial()
+  outputs = experiment.model(clip[common.IMAGE][np.newaxis], training=False)
+  expected = builder.build_post_processor(config, experiment.descriptor)(
+      outputs, clip[common.IMAGE].shape[1:3])[common.PANOPTIC_PRED]
+  np.testing.assert_array_equal(served[common.PANOPTIC_PRED].numpy(),
+                                expected[0, :, :height, :width].numpy())
+  # The cluster centres depend on every transformer weight: the export carries
+  # the checkpoint's weights, not a fresh initialisation.
+  np.testing.assert_allclose(
+      np.reshape(served[common.PRED_QUERY_EMBEDDINGS].numpy(), [-1]),
+      np.reshape(outputs[common.PRED_QUERY_EMBEDDINGS].numpy(), [-1]), rtol=1e-4, atol=1e-4)
