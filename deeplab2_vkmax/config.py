@@ -19,6 +19,9 @@ from google.protobuf import text_format
 
 from deeplab2_vkmax.protos import config_pb2
 
+# The encoder's output stride: a crop must give every stage at least one pixel.
+_MIN_CROP = 32
+
 _PARSE_ERROR_RE = re.compile(r'^(\d+):(\d+) : (.*)$', re.DOTALL)
 
 # Allowed values of the string fields that select behaviour:
@@ -78,6 +81,10 @@ def _validate_dataset(path, text, config, prefix):
   if len(options.crop_size) != 2 or min(options.crop_size) <= 0:
     raise _error(path, text, f'{prefix}.crop_size',
                  f'needs two positive values [height, width], got {list(options.crop_size)}')
+  if min(options.crop_size) < _MIN_CROP:
+    raise _error(path, text, f'{prefix}.crop_size',
+                 f'{list(options.crop_size)} is smaller than the encoder\'s output stride '
+                 f'{_MIN_CROP}; use at least {_MIN_CROP} per side (DeepLab2 uses 32k + 1)')
   if options.dataset != 'synthetic' and not options.file_pattern:
     raise _error(path, text, f'{prefix}.file_pattern',
                  f'is required for dataset "{options.dataset}"')

@@ -85,6 +85,11 @@ def test_crop_size_and_clip_overlap_are_checked(tmp_path):
   text = TINY.read_text().replace('clip_overlap: 1', 'clip_overlap: 2')
   with pytest.raises(config.ConfigError, match='eval_dataset_options.clip_overlap'):
     config.load_experiment_config(_write(tmp_path, text))
+  # A crop below the encoder's stride 32 used to train without a word.
+  text = TINY.read_text().replace('crop_size: [65, 129]', 'crop_size: [3, 3]', 1)
+  with pytest.raises(config.ConfigError, match=r'\.textproto:\d+:\d*:? ?.*train_dataset_options'
+                     r'\.crop_size.*\[3, 3\] is smaller than the encoder\'s output stride 32'):
+    config.load_experiment_config(_write(tmp_path, text))
 
 
 def test_missing_file():

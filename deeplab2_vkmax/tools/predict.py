@@ -67,6 +67,10 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                       'overlay.mp4, segments.jsonl).')
   parser.add_argument('--no_progress', action='store_true', help='No progress bar.')
   args = parser.parse_args(argv)
+  if args.clip_length is not None and args.clip_length < 1:
+    parser.error(f'--clip_length must be >= 1, got {args.clip_length}')
+  if args.fps is not None and not args.fps > 0:
+    parser.error(f'--fps must be > 0, got {args.fps:g}')
   if bool(args.saved_model) == bool(args.checkpoint_path):
     parser.error('give exactly one of --saved_model or --checkpoint_path')
   if args.checkpoint_path and not args.config_file:

@@ -292,3 +292,15 @@ def test_non_empty_output_dir_needs_overwrite_which_clears_old_outputs(tmp_path)
   predict.prepare_output_dir(str(tmp_path / 'new'), overwrite=False)  # Absent: fine.
   with pytest.raises(predict.InputError, match='is a file'):
     predict.prepare_output_dir(str(out / 'notes.txt'), overwrite=True)
+
+
+@pytest.mark.parametrize('flag, message', [('--clip_length=0', '--clip_length must be >= 1, got 0'),
+                                           ('--fps=0', '--fps must be > 0, got 0'),
+                                           ('--fps=-5', '--fps must be > 0, got -5')])
+def test_out_of_range_flags_are_refused_not_replaced(flag, message, capsys):
+  """clip_length 0 and fps 0 used to fall back to the defaults silently."""
+  from deeplab2_vkmax.tools import predict  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as exit_info:
+    predict._parse_args(['--input=x.mp4', '--saved_model=m', '--output_dir=o', flag])  # pylint: disable=protected-access
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
