@@ -74,28 +74,42 @@ def strided_downsample(label: tf.Tensor, size) -> tf.Tensor:
   return label[:, :, ::strides[0], ::strides[1]][:, :, :size[0], :size[1]]
 
 
-def _frame_segment_area(panoptic_label: tf.Tensor) -> tf.Tensor:
-  """Pixels of each pixel's panoptic segment within its frame: [B, T, H, W] float32.
+def _dense_rank(key: tf.Tensor) -> tf.Tensor:
+  """Index of each entry's value among its row's distinct values, ascending.
 
+  [R, P] integer keys -> [R, P] int32 in [0, distinct values of the row).
   Sort-based, so it has static shapes (no `tf.unique`) and runs under XLA.
   """
-  shape = tf.shape(panoptic_label)
-  num_pixels = panoptic_label.shape[2] * panoptic_label.shape[3]
-  flat = tf.reshape(tf.cast(panoptic_label, tf.int64), [-1, num_pixels])
-  order = tf.argsort(flat, axis=1, stable=True)
-  sorted_ids = tf.gather(flat, order, batch_dims=1)
-  is_new = tf.concat([tf.ones_like(sorted_ids[:, :1], tf.int32),
-                      tf.cast(sorted_ids[:, 1:] != sorted_ids[:, :-1], tf.int32)],
+  order = tf.argsort(key, axis=1, stable=True)
+  sorted_key = tf.gather(key, order, batch_dims=1)
+  is_new = tf.concat([tf.ones_like(sorted_key[:, :1], tf.int32),
+                      tf.cast(sorted_key[:, 1:] != sorted_key[:, :-1], tf.int32)],
                      axis=1)
-  segment = tf.cumsum(is_new, axis=1) - 1  # [F, HW], segment index per sorted pixel.
-  frames = tf.shape(flat)[0]
-  offsets = tf.range(frames)[:, tf.newaxis] * num_pixels
+  sorted_rank = tf.cumsum(is_new, axis=1) - 1
+  return tf.gather(sorted_rank, tf.argsort(order, axis=1), batch_dims=1)
+
+
+def _void_and_thing(semantic: tf.Tensor, *, num_classes: int, ignore_label: int,
+                    thing_class_ids: Sequence[int]):
+  """(is_void, is_thing) bool maps of a semantic map: void = the ignore label
+  or a class outside [0, num_classes)."""
+  is_void = tf.logical_or(tf.equal(semantic, ignore_label),
+                          tf.logical_or(semantic < 0, semantic >= num_classes))
+  thing_ids = tf.constant(list(thing_class_ids) or [-1], semantic.dtype)
+  is_thing = tf.reduce_any(tf.equal(semantic[..., tf.newaxis], thing_ids), axis=-1)
+  return is_void, is_thing
+
+
+def _frame_segment_area(panoptic_label: tf.Tensor) -> tf.Tensor:
+  """Pixels of each pixel's panoptic segment within its frame: [B, T, H, W] float32."""
+  num_pixels = panoptic_label.shape[2] * panoptic_label.shape[3]
+  segment = _dense_rank(tf.reshape(panoptic_label, [-1, num_pixels]))  # [F, HW]
+  frames = tf.shape(segment)[0]
+  segment += tf.range(frames)[:, tf.newaxis] * num_pixels  # Unique over frames.
   counts = tf.math.unsorted_segment_sum(
-      tf.ones_like(tf.reshape(segment, [-1]), tf.float32),
-      tf.reshape(segment + offsets, [-1]), frames * num_pixels)
-  sorted_area = tf.gather(counts, segment + offsets)
-  area = tf.gather(sorted_area, tf.argsort(order, axis=1), batch_dims=1)
-  return tf.reshape(area, shape)
+      tf.ones([frames * num_pixels], tf.float32), tf.reshape(segment, [-1]),
+      frames * num_pixels)
+  return tf.reshape(tf.gather(counts, segment), tf.shape(panoptic_label))
 
 
 def semantic_targets(panoptic_label: tf.Tensor, size, *, num_classes: int,
@@ -123,13 +137,12 @@ def semantic_targets(panoptic_label: tf.Tensor, size, *, num_classes: int,
   """
   label = tf.cast(panoptic_label, tf.int32)
   semantic = label // label_divisor
-  is_void = tf.logical_or(tf.equal(semantic, ignore_label),
-                          tf.logical_or(semantic < 0, semantic >= num_classes))
+  is_void, is_thing = _void_and_thing(semantic, num_classes=num_classes,
+                                      ignore_label=ignore_label,
+                                      thing_class_ids=thing_class_ids)
   semantic = tf.where(is_void, ignore_label, semantic)
   weight = tf.ones_like(label, tf.float32)
   if small_instance_weight != 1.0:
-    thing_ids = tf.constant(list(thing_class_ids) or [-1], tf.int32)
-    is_thing = tf.reduce_any(tf.equal(semantic[..., tf.newaxis], thing_ids), axis=-1)
     instance = label % label_divisor
     small = (is_thing & (instance > 0) &
              (_frame_segment_area(label) < float(small_instance_area)))
@@ -192,12 +205,9 @@ def build_clip_targets(panoptic_label: tf.Tensor,
 
   semantic = label // label_divisor
   instance = label % label_divisor
-  in_range = tf.logical_and(semantic >= 0, semantic < num_classes)
-  is_void = tf.logical_or(tf.equal(semantic, ignore_label),
-                          tf.logical_not(in_range))
-  thing_ids = tf.constant(list(thing_class_ids) or [-1], tf.int32)
-  is_thing = tf.reduce_any(
-      tf.equal(semantic[..., tf.newaxis], thing_ids), axis=-1)
+  is_void, is_thing = _void_and_thing(semantic, num_classes=num_classes,
+                                      ignore_label=ignore_label,
+                                      thing_class_ids=thing_class_ids)
   is_crowd = tf.logical_and(tf.logical_and(is_thing, tf.equal(instance, 0)),
                             tf.logical_not(is_void))
   in_mask = tf.logical_not(tf.logical_or(is_void, is_crowd))
@@ -210,16 +220,7 @@ def build_clip_targets(panoptic_label: tf.Tensor,
   key = tf.where(in_mask, key, sentinel)  # Void sorts last.
 
   # Dense mask index = rank of the key among the clip's distinct keys.
-  order = tf.argsort(key, axis=1, stable=True)  # [B, P]
-  sorted_key = tf.gather(key, order, batch_dims=1)
-  is_new = tf.concat([
-      tf.ones([batch_size, 1], tf.int32),
-      tf.cast(tf.not_equal(sorted_key[:, 1:], sorted_key[:, :-1]), tf.int32)
-  ], axis=1)
-  sorted_index = tf.cumsum(is_new, axis=1) - 1
-  inverse_order = tf.argsort(order, axis=1)
-  mask_id = tf.gather(sorted_index, inverse_order, batch_dims=1)  # [B, P]
-  mask_id = tf.where(in_mask, mask_id, -1)
+  mask_id = tf.where(in_mask, _dense_rank(key), -1)  # [B, P]
 
   num_masks = tf.reduce_max(mask_id, axis=1) + 1  # [B]
   check = tf.debugging.assert_less_equal(
