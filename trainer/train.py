@@ -20,14 +20,10 @@ if __package__ in (None, ''):
   # local folder `trainer/` never shadows that name.
   sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# TensorFlow's C++ start-up chatter (CUDA probing, CPU features) hides the
-# progress lines; a user who sets the variable keeps their choice.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags
+from absl import flags  # pylint: disable=g-import-not-at-top
 from absl import logging
 
+from deeplab2_vkmax import cli
 from deeplab2_vkmax import config as config_lib
 
 _CONFIG_FILE = flags.DEFINE_string('config_file', None, 'ExperimentOptions textproto.')
@@ -51,8 +47,16 @@ def main(argv):
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  # Imported after the config is known good: TensorFlow takes seconds to load.
+  try:
+    cli.check_writable_dir(_MODEL_DIR.value, '--model_dir')
+  except cli.UsageError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  # Imported after the config and folders are known good: TensorFlow takes
+  # seconds to load. Its C++ start-up chatter would hide the progress lines.
+  cli.quiet_tensorflow()
   from deeplab2_vkmax.trainer import train_lib  # pylint: disable=g-import-not-at-top
+  cli.initialise_devices()
   try:
     strategy = train_lib.create_strategy(_NUM_GPUS.value, _MASTER.value)
     train_lib.run_experiment(_MODE.value, config, _MODEL_DIR.value, strategy=strategy)
@@ -72,4 +76,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flag_as_required('config_file')
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run_absl(lambda argv: sys.exit(main(argv)))

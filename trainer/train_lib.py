@@ -39,6 +39,7 @@ from deeplab2_vkmax.evaluation import video_panoptic_quality
 from deeplab2_vkmax.evaluation import video_scorer
 from deeplab2_vkmax.model import builder
 from deeplab2_vkmax.protos import config_pb2
+from deeplab2_vkmax.trainer import checkpoints
 from deeplab2_vkmax.trainer import data_lib
 from deeplab2_vkmax.trainer import evaluator as evaluator_lib
 from deeplab2_vkmax.trainer import optimizer_builder
@@ -125,7 +126,11 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def create_strategy(num_gpus: int = 0, master: str = '') -> tf.distribute.Strategy:
-  """DeepLab2's strategy flags, plus MultiWorkerMirrored when TF_CONFIG is set."""
+  """DeepLab2's strategy flags, plus MultiWorkerMirrored when TF_CONFIG is set.
+
+  Raises:
+    ValueError: `num_gpus` is negative or more than TensorFlow sees.
+  """
   if master and master != 'local':
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=master)
     tf.config.experimental_connect_to_cluster(resolver)
@@ -133,6 +138,13 @@ def create_strategy(num_gpus: int = 0, master: str = '') -> tf.distribute.Strate
     return tf.distribute.TPUStrategy(resolver)
   if os.environ.get('TF_CONFIG'):
     return tf.distribute.MultiWorkerMirroredStrategy()
+  if num_gpus < 0:
+    raise ValueError(f'--num_gpus must be >= 0; got {num_gpus}')
+  visible = len(tf.config.list_physical_devices('GPU'))
+  if num_gpus > visible:
+    # Training on the CPU instead would take days where the user planned hours.
+    raise ValueError(f'--num_gpus={num_gpus} but TensorFlow sees {visible} GPU(s) on this '
+                     'machine; use --num_gpus=0 to train on the CPU')
   if num_gpus > 1:
     return tf.distribute.MirroredStrategy([f'/gpu:{i}' for i in range(num_gpus)])
   if num_gpus == 1:
@@ -412,7 +424,7 @@ def _run(mode, experiment, write_dir, log_fn):
   init_fn = _initial_checkpoint_fn(experiment, log_fn) if has_train else None
   if not chief:
     init_fn = _restore_chief_fn(checkpoint, experiment.run_dir, init_fn)
-  manager = tf.train.CheckpointManager(
+  manager = checkpoints.RunCheckpointManager(
       checkpoint, write_dir, max_to_keep=trainer_options.num_checkpoints_to_keep,
       step_counter=experiment.global_step,
       checkpoint_interval=trainer_options.save_checkpoints_steps,
@@ -421,9 +433,8 @@ def _run(mode, experiment, write_dir, log_fn):
     raise ValueError(f'--mode={mode} needs a checkpoint in {experiment.run_dir}; none found '
                      '(train first, or point --model_dir at a trained run)')
   if mode == 'export':
-    # Nothing to train or evaluate: restore the latest weights and export.
-    checkpoint.restore(manager.latest_checkpoint).expect_partial()
-    log_fn(f'restored {manager.latest_checkpoint}')
+    # Nothing to train or evaluate: restore the newest weights that read and export.
+    log_fn(f'restored {manager.restore_newest_readable(expect_partial=True)}')
     return _export(experiment, log_fn)
   watcher = PreemptionWatcher(experiment.strategy)
   controller = orbit.Controller(

@@ -1,0 +1,96 @@
+"""What every command-line entry point shares: help, quiet start-up, early checks.
+
+Imports no TensorFlow, so `--help` and argument errors answer in well under a
+second.
+"""
+
+import contextlib
+import os
+import sys
+import tempfile
+from typing import Callable, Optional, Sequence
+
+_HELP_FLAGS = ('--help', '-h', '-?', '--helpshort', '--helpfull')
+# TensorFlow logs this at ERROR level on every machine without a CUDA driver.
+_NO_GPU_LINE = 'failed call to cuInit'
+
+
+class UsageError(ValueError):
+  """A command-line value the tool refuses; the message names the flag."""
+
+
+def quiet_tensorflow() -> None:
+  """Hides TensorFlow's C++ INFO/WARNING start-up lines (a user's setting wins).
+
+  Call before TensorFlow is imported.
+  """
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def run_absl(main: Callable[[Sequence[str]], Optional[int]],
+             argv: Optional[Sequence[str]] = None) -> None:
+  """`absl.app.run(main)`, except that `--help` prints the usage and exits 0.
+
+  (absl exits 1 after printing help, which scripts read as a failure.)
+  """
+  from absl import app  # pylint: disable=g-import-not-at-top
+  arguments = list(sys.argv if argv is None else argv)
+  if any(a in _HELP_FLAGS for a in arguments[1:]):
+    app.usage(shorthelp='--helpfull' not in arguments, writeto_stdout=True, exitcode=0)
+  app.run(main, argv=arguments)
+
+
+def initialise_devices() -> None:
+  """Initialises TensorFlow's devices without the cuInit line of GPU-less machines.
+
+  TensorFlow probes CUDA the first time it lists or uses a device and, without
+  a driver, prints an ERROR line that alarms users of CPU-only machines. The
+  probe's output is captured and replayed minus that line; every other line
+  (a real driver problem, for one) still reaches stderr.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryFile() as captured:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(captured.fileno(), 2)
+    try:
+      tf.config.list_physical_devices()
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+    captured.seek(0)
+    lines = captured.read().decode('utf-8', 'replace').splitlines(keepends=True)
+  sys.stderr.write(''.join(line for line in lines if _NO_GPU_LINE not in line))
+
+
+def check_writable_dir(path: str, flag: str) -> None:
+  """Raises UsageError unless `path` is (or can be made) a writable folder.
+
+  Run before any model is loaded, so that a typo costs a second, not a minute.
+  Creates the folder if it does not exist.
+  """
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UsageError(f'{flag}={path} is a file, not a folder')
+  try:
+    os.makedirs(path, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    raise UsageError(f'{flag}={path} is not writable ({e.strerror})') from None
+
+
+@contextlib.contextmanager
+def one_line_errors(*error_types: type, exit_code: int = 1):
+  """Turns `error_types` into `error: <message>` on one line and exit `exit_code`.
+
+  For a user's mistake (bad data, a missing file): the message names the file
+  and field, a traceback would only hide it. Set VKMAX_TRACEBACK=1 to get the
+  traceback anyway.
+  """
+  try:
+    yield
+  except error_types as e:
+    if os.environ.get('VKMAX_TRACEBACK'):
+      raise
+    print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
+    sys.exit(exit_code)
