@@ -29,31 +29,48 @@ def quiet_tensorflow() -> None:
 
 def run_absl(main: Callable[[Sequence[str]], Optional[int]],
              argv: Optional[Sequence[str]] = None) -> None:
-  """`absl.app.run(main)`, except that `--help` prints the usage and exits 0.
+  """`absl.app.run(main)`, except for help and flag errors.
 
-  (absl exits 1 after printing help, which scripts read as a failure.)
+  `--help` prints the usage and exits 0 (absl exits 1, which scripts read as a
+  failure); a missing or malformed flag is one line, `error: ...`, exit 2
+  (absl prints two, the second only pointing at --help).
   """
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  arguments = list(sys.argv if argv is None else argv)
+  exit_on_help(arguments)
+  try:
+    flags.FLAGS(arguments)
+  except flags.Error as e:
+    message = '; '.join(line.strip() for line in str(e).splitlines() if line.strip())
+    print(f'error: {message} (see --help)', file=sys.stderr)
+    sys.exit(2)
+  app.run(main, argv=arguments)
+
+
+def exit_on_help(argv: Optional[Sequence[str]] = None) -> None:
+  """Prints the usage and exits 0 if `argv` asks for help (absl flags defined so far)."""
   from absl import app  # pylint: disable=g-import-not-at-top
   arguments = list(sys.argv if argv is None else argv)
   if any(a in _HELP_FLAGS for a in arguments[1:]):
     app.usage(shorthelp='--helpfull' not in arguments, writeto_stdout=True, exitcode=0)
-  app.run(main, argv=arguments)
 
 
 def initialise_devices() -> None:
   """Initialises TensorFlow's devices without the cuInit line of GPU-less machines.
 
-  TensorFlow probes CUDA the first time it lists or uses a device and, without
-  a driver, prints an ERROR line that alarms users of CPU-only machines. The
+  TensorFlow probes CUDA the first time it lists or uses a device (under
+  absl's app.run, already while it is imported) and, without a driver, prints
+  an ERROR line that alarms users of CPU-only machines. The import's and the
   probe's output is captured and replayed minus that line; every other line
   (a real driver problem, for one) still reaches stderr.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryFile() as captured:
     sys.stderr.flush()
     saved = os.dup(2)
     os.dup2(captured.fileno(), 2)
     try:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
       tf.config.list_physical_devices()
     finally:
       os.dup2(saved, 2)

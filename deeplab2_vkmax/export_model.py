@@ -22,8 +22,23 @@ import contextlib
 import os
 from typing import Dict, Iterator
 
-from absl import app
 from absl import flags
+
+from deeplab2_vkmax import cli
+
+if __name__ == '__main__':
+  # Defined only when run as a program, so importing this module (as
+  # trainer/train.py does) never clashes with the importer's flags; defined
+  # before TensorFlow loads so that --help answers at once.
+  flags.DEFINE_string('config_file', None, 'ExperimentOptions textproto.')
+  flags.DEFINE_string('checkpoint_path', None, 'A checkpoint (ckpt-N) or a run directory.')
+  flags.DEFINE_string('output_path', None, 'Where the SavedModel is written.')
+  flags.mark_flags_as_required(['config_file', 'checkpoint_path', 'output_path'])
+  cli.exit_on_help()
+  cli.quiet_tensorflow()
+  cli.initialise_devices()
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order
 import keras
 import tensorflow as tf
 
@@ -33,6 +48,7 @@ from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.model import builder
 from deeplab2_vkmax.model import checkpoint_utils
 from deeplab2_vkmax.protos import config_pb2
+# pylint: enable=g-import-not-at-top,g-bad-import-order
 
 _GRID = 32  # kMaX crops are 32k + 1 pixels: every stride-2 stage stays aligned.
 # `SolverOptions.mixed_precision` values: Keras 3 dtype policy names.
@@ -147,19 +163,16 @@ def export_from_checkpoint(config: config_pb2.ExperimentOptions, checkpoint_path
 def main(argv):
   del argv
   flag_values = flags.FLAGS
-  try:
+  with cli.one_line_errors(config_lib.ConfigError, ValueError):
     config = config_lib.load_experiment_config(flag_values.config_file)
+    checkpoint_utils.resolve_checkpoint_path(flag_values.checkpoint_path)
+    output_parent = os.path.dirname(os.path.abspath(flag_values.output_path))
+    cli.check_writable_dir(output_parent, 'the folder of --output_path')
+    if os.path.isfile(flag_values.output_path):
+      raise cli.UsageError(f'--output_path={flag_values.output_path} is a file')
     path = export_from_checkpoint(config, flag_values.checkpoint_path, flag_values.output_path)
-  except (config_lib.ConfigError, ValueError) as e:
-    raise SystemExit(f'error: {e}') from None
   print(f'exported SavedModel to {path}')
 
 
 if __name__ == '__main__':
-  # Flags are defined only when run as a program, so importing this module
-  # (as trainer/train.py does) never clashes with the importer's flags.
-  flags.DEFINE_string('config_file', None, 'ExperimentOptions textproto.')
-  flags.DEFINE_string('checkpoint_path', None, 'A checkpoint (ckpt-N) or a run directory.')
-  flags.DEFINE_string('output_path', None, 'Where the SavedModel is written.')
-  flags.mark_flags_as_required(['config_file', 'checkpoint_path', 'output_path'])
-  app.run(main)
+  cli.run_absl(main)

@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from deeplab2_vkmax import cli
 from deeplab2_vkmax import common
 from deeplab2_vkmax import config as config_lib
 from deeplab2_vkmax.data import dataset as dataset_lib
@@ -101,6 +102,8 @@ def load_serving_signature(saved_model: str):
     ValueError: no SavedModel at the path, or no `serving_default` taking
       `input_tensor` and returning panoptic_pred, segment_ids, query_embeddings.
   """
+  cli.quiet_tensorflow()
+  cli.initialise_devices()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
     loaded = tf.saved_model.load(saved_model)
@@ -330,6 +333,8 @@ def run_evaluation(*, saved_model: str, dataset: str, file_pattern: str, output_
   """
   import glob  # pylint: disable=g-import-not-at-top
   descriptor = dataset_lib.get_dataset_descriptor(dataset)
+  if not os.path.isdir(saved_model):
+    raise ValueError(f'--saved_model={saved_model}: no such folder')
   if clip_length < 1:
     raise ValueError(f'clip_length must be >= 1; received {clip_length}.')
   if num_workers < 1:
@@ -337,6 +342,7 @@ def run_evaluation(*, saved_model: str, dataset: str, file_pattern: str, output_
   file_pattern = os.path.expandvars(file_pattern)
   if not glob.glob(file_pattern):
     raise ValueError(f'file_pattern "{file_pattern}" matches no file.')
+  cli.check_writable_dir(output_dir, '--output_dir')  # Before minutes of evaluation.
   if save_predictions and save_predictions not in prediction_io.FORMATS:
     raise ValueError(f'unknown --save_predictions "{save_predictions}"; expected one of '
                      f'{list(prediction_io.FORMATS)}.')
@@ -396,7 +402,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('saved_model', None, 'SavedModel directory (export_model).')
   flags.DEFINE_string('dataset', None, 'Data set registry name, e.g. kitti_step.')
@@ -414,4 +419,4 @@ if __name__ == '__main__':
                       'vipseg or vspw.')
   flags.DEFINE_integer('max_num_sequences', -1, 'Evaluate at most this many sequences.')
   flags.mark_flags_as_required(['saved_model', 'dataset', 'file_pattern', 'output_dir'])
-  app.run(main)
+  cli.run_absl(main)

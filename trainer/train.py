@@ -38,7 +38,9 @@ _MASTER = flags.DEFINE_string('master', '', 'TPU address (TPUStrategy); empty or
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    print(f'error: unexpected arguments {argv[1:]} (flags are written --name=value)',
+          file=sys.stderr)
+    return 2
   # Orbit prints its progress and results itself; its INFO log repeats them.
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
@@ -55,8 +57,8 @@ def main(argv):
   # Imported after the config and folders are known good: TensorFlow takes
   # seconds to load. Its C++ start-up chatter would hide the progress lines.
   cli.quiet_tensorflow()
-  from deeplab2_vkmax.trainer import train_lib  # pylint: disable=g-import-not-at-top
   cli.initialise_devices()
+  from deeplab2_vkmax.trainer import train_lib  # pylint: disable=g-import-not-at-top
   try:
     strategy = train_lib.create_strategy(_NUM_GPUS.value, _MASTER.value)
     train_lib.run_experiment(_MODE.value, config, _MODEL_DIR.value, strategy=strategy)

@@ -29,17 +29,17 @@ import io
 import json
 import os
 import re
+import sys
 import uuid
 from typing import (Callable, Dict, Iterable, List, Mapping, Optional, Sequence,
                     Set, Tuple)
 
-from absl import app
 from absl import flags
 import numpy as np
 from PIL import Image
-import tensorflow as tf
 import tqdm
 
+from deeplab2_vkmax import cli
 from deeplab2_vkmax import common
 from deeplab2_vkmax.data import dataset as dataset_lib
 
@@ -116,6 +116,29 @@ def renumber_frames(sequence: FrameSequence) -> FrameSequence:
 
 
 _DIGIT_RUNS = re.compile(r'(\d+)')
+
+
+def frame_gaps(sequence: FrameSequence) -> List[Tuple[int, int]]:
+  """(last id before, first id after) of every jump in the frame numbering."""
+  ids = [int(f.frame_id) for f in sequence.frames if f.frame_id.isdigit()]
+  return [(a, b) for a, b in zip(ids, ids[1:]) if b != a + 1]
+
+
+def warn_frame_gaps(sequences: Sequence[FrameSequence], split: str) -> None:
+  """Warns once per sequence whose frame numbers have gaps (missing files?).
+
+  The clip reader forms clips of frames whose numbers step by `frame_stride`,
+  so no clip spans a gap; a frame missing from a download would otherwise go
+  unnoticed.
+  """
+  for sequence in sequences:
+    gaps = frame_gaps(sequence)
+    if gaps:
+      shown = ', '.join(f'{a} -> {b}' for a, b in gaps[:5])
+      more = f' and {len(gaps) - 5} more' if len(gaps) > 5 else ''
+      print(f'warning: {split} sequence {sequence.sequence_id}: frame numbers jump '
+            f'{shown}{more} (missing frames?); clips never span a gap',
+            file=sys.stderr)
 
 
 def shard_filename(split: str, shard: int, num_shards: int) -> str:
@@ -295,7 +318,9 @@ def _open(path: str, data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
   except Exception as e:  # PIL raises several types for broken files.
-    raise ValueError(f'{path}: corrupt or unreadable image ({e}).') from e
+    # PIL names the in-memory buffer (an address); the path says which file.
+    reason = re.sub(r' <_io\.BytesIO object at 0x[0-9a-f]+>', '', str(e))
+    raise ValueError(f'{path}: corrupt or unreadable image ({reason}).') from e
   return image
 
 
@@ -491,18 +516,27 @@ def segments_to_panoptic(segments_info: Iterable[Mapping],
   return table
 
 
-def _bytes_feature(value: bytes) -> tf.train.Feature:
+def _tf():
+  """TensorFlow, imported on first use: a converter's --help and argument errors
+  answer at once instead of after seconds of loading."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf
+
+
+def _bytes_feature(value: bytes) -> 'tf.train.Feature':
+  tf = _tf()
   return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
 
-def _int_feature(value: int) -> tf.train.Feature:
+def _int_feature(value: int) -> 'tf.train.Feature':
+  tf = _tf()
   return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
 
 
 def make_example(frame: Frame, sequence_id: str,
                  label_fn: Optional[LabelFn],
                  allowed_formats: Sequence[str] = ('PNG', 'JPEG')
-                 ) -> Tuple[tf.train.Example, Optional[np.ndarray]]:
+                 ) -> Tuple['tf.train.Example', Optional[np.ndarray]]:
   """Builds the `tf.train.Example` of one frame.
 
   Args:
@@ -543,6 +577,7 @@ def make_example(frame: Frame, sequence_id: str,
     feature[common.KEY_ENCODED_LABEL] = _bytes_feature(
         panoptic.astype('<i4').tobytes())
     feature[common.KEY_LABEL_FORMAT] = _bytes_feature(b'raw')
+  tf = _tf()
   return tf.train.Example(features=tf.train.Features(feature=feature)), panoptic
 
 
@@ -589,9 +624,11 @@ def write_split(sequences: Sequence[FrameSequence], split: str, output_dir: str,
   if not sequences:
     raise ValueError(f'Split {split!r} is empty: no frames to write into '
                      f'{output_dir}.')
+  warn_frame_gaps(sequences, split)
   assignment = assign_shards([len(s.frames) for s in sequences], num_shards)
   os.makedirs(output_dir, exist_ok=True)
   token = uuid.uuid4().hex
+  tf = _tf()
   final_paths, temp_paths = [], []
   classes_seen: Set[int] = set()
   num_frames = sum(len(s.frames) for s in sequences)
@@ -662,15 +699,25 @@ def run_converter_cli(argv: Optional[Sequence[str]], *, root_flag: str,
   flags.DEFINE_integer('num_shards', 10,
                        'Shards per split (capped at the number of sequences; 0 = '
                        'one per sequence).')
+  flags.mark_flags_as_required([root_flag, 'output_dir'])
   if define_extra_flags is not None:
     define_extra_flags()
 
   def run(unused_argv) -> None:
     values = flags.FLAGS
-    if not getattr(values, root_flag) or not values.output_dir:
-      raise app.UsageError(f'--{root_flag} and --output_dir are required.')
-    summaries = [convert_fn(values, split) for split in values.splits]
+    # A bad value or a bad file ends in one line naming it (exit 1), not in a
+    # traceback with the file at its end.
+    cli.quiet_tensorflow()
+    with cli.one_line_errors(ValueError):
+      if values.num_shards < 0:
+        raise cli.UsageError(f'--num_shards must be >= 0 (0 = one shard per sequence); '
+                             f'got {values.num_shards}')
+      if not os.path.isdir(getattr(values, root_flag)):
+        raise cli.UsageError(f'--{root_flag}={getattr(values, root_flag)} is not a folder')
+      cli.check_writable_dir(values.output_dir, '--output_dir')
+      cli.initialise_devices()
+      summaries = [convert_fn(values, split) for split in values.splits]
     for summary in summaries:
       print(summary.describe())
 
-  app.run(run, argv=argv)
+  cli.run_absl(run, argv)

@@ -14,6 +14,7 @@ skipped.
 """
 
 import collections
+import os
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 import keras
@@ -72,7 +73,11 @@ class _StoredGraph:
   """
 
   def __init__(self, path: str):
-    self.reader = tf.train.load_checkpoint(path)
+    try:
+      self.reader = tf.train.load_checkpoint(path)
+    except (tf.errors.OpError, ValueError) as e:  # A truncated or foreign file.
+      raise ValueError(f'checkpoint "{path}" does not read: '
+                       f'{" ".join(str(e).split())}') from None
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(self.reader.get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'))
     self._children = [{child.local_name: child.node_id for child in node.children}
@@ -112,13 +117,17 @@ def resolve_checkpoint_path(path: str) -> str:
   """`path` itself, or the latest checkpoint when `path` is a directory.
 
   Raises:
-    ValueError: `path` is a directory without a checkpoint.
+    ValueError: `path` is a directory without a checkpoint, or no checkpoint
+      prefix (no `<path>.index` file).
   """
   if tf.io.gfile.isdir(path):
     resolved = tf.train.latest_checkpoint(path)
     if not resolved:
       raise ValueError(f'no checkpoint found in directory "{path}"')
     return resolved
+  if not tf.io.gfile.exists(path + '.index'):
+    raise ValueError(f'no checkpoint at "{path}" (neither a run directory nor a '
+                     f'checkpoint prefix with a {os.path.basename(path)}.index file)')
   return path
 
 

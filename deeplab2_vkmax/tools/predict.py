@@ -34,6 +34,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from deeplab2_vkmax import cli
 from deeplab2_vkmax.data import tfrecord_writer
 
 _VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v')
@@ -145,17 +146,25 @@ def _open_video(path: str):
   return capture, first
 
 
-def _video_frames(capture, first) -> Iterator[np.ndarray]:
+def _video_frames(path: str, capture, first,
+                  expected: Optional[int]) -> Iterator[np.ndarray]:
+  """Decoded frames; warns when fewer than the container announced (`expected`)."""
   import cv2  # pylint: disable=g-import-not-at-top
+  decoded = 0
   try:
     frame = first
     while frame is not None:
       yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+      decoded += 1
       ok, frame = capture.read()
       if not ok:
         break
   finally:
     capture.release()
+  if expected and decoded < expected:
+    print(f'warning: {path}: decoded {decoded} of the {expected} frames the video '
+          'announces (truncated or damaged file); the outputs cover those '
+          f'{decoded}', file=sys.stderr)
 
 
 def open_frames(input_path: str) -> Tuple[Iterator[np.ndarray], Optional[int], Optional[float]]:
@@ -175,13 +184,21 @@ def open_frames(input_path: str) -> Tuple[Iterator[np.ndarray], Optional[int], O
   """
   if os.path.isdir(input_path) or (_is_glob(input_path) and not os.path.exists(input_path)):
     files = _image_files(input_path)
-    # Fail before any work on a folder with a non-image file in it.
+    # Fail before any work on a folder with a non-image file in it, or with
+    # frames of another size than the first (a video has one size).
+    first_size = None
     for path in files:
       try:
         with Image.open(path) as image:
           image.verify()
+          width, height = image.size
       except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         raise InputError(f'{path}: not an image (in frame folder {input_path})') from None
+      if first_size is None:
+        first_size = (height, width)
+      elif (height, width) != first_size:
+        raise InputError(f'{path}: frame size {height}x{width} (HxW) differs from the '
+                         f'first frame\'s, {first_size[0]}x{first_size[1]} ({files[0]})')
     return _image_frames(files), len(files), None
   if not os.path.isfile(input_path):
     raise InputError(f'{input_path}: no such video file, frame folder or glob')
@@ -195,8 +212,9 @@ def open_frames(input_path: str) -> Tuple[Iterator[np.ndarray], Optional[int], O
   import cv2  # pylint: disable=g-import-not-at-top
   capture, first = _open_video(input_path)
   count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+  count = count if count > 0 else None
   fps = capture.get(cv2.CAP_PROP_FPS)
-  return (_video_frames(capture, first), count if count > 0 else None,
+  return (_video_frames(input_path, capture, first, count), count,
           fps if fps and fps > 0 else None)
 
 
@@ -220,7 +238,13 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
   if os.path.exists(output_dir) and not os.path.isdir(output_dir):
     raise InputError(f'{output_dir}: --output_dir is a file, not a folder')
   if not os.path.isdir(output_dir) or not os.listdir(output_dir):
+    try:  # Before the model loads: a typo costs a second, not a minute.
+      cli.check_writable_dir(output_dir, '--output_dir')
+    except cli.UsageError as e:
+      raise InputError(str(e)) from None
     return
+  if not os.access(output_dir, os.W_OK | os.X_OK):
+    raise InputError(f'{output_dir}: --output_dir is not writable')
   if not overwrite:
     raise InputError(f'{output_dir}: --output_dir is not empty; pass --overwrite to '
                      'replace the outputs of an earlier vkmax-predict run')
@@ -280,7 +304,8 @@ def run(args: argparse.Namespace) -> int:
   """Runs the prediction; returns the number of frames written."""
   frames, num_frames, video_fps = open_frames(args.input)  # Input errors come first.
   prepare_output_dir(args.output_dir, args.overwrite)
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  cli.quiet_tensorflow()
+  cli.initialise_devices()
   from deeplab2_vkmax import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
   predictor = predictor_lib.Predictor(
       args.saved_model or args.checkpoint_path, config_file=args.config_file,
