@@ -55,7 +55,8 @@ def _forward_rows(pack, workdir):
                    worst))
   argmax = min(dl2_packs.argmax_agreement(ours[k], ref[k]) for k in ref
                if k.endswith('pixel_space_mask_logits'))
-  outputs = model(tf.constant(ref['image'][:, np.newaxis], tf.float32), training=False)
+  outputs = model(tf.constant(ref['image'][:, np.newaxis], tf.float32), training=False,
+                  auxiliary_outputs=True)
   panoptic = dl2_packs.our_panoptic(config, descriptor, outputs, pack)
   return rows, argmax, float(np.mean(panoptic == ref['panoptic_pred']))
 

@@ -9,6 +9,13 @@ Each configuration runs in its own subprocess so that the peak resident set size
   python bench/model_forward.py --frames=1,2 --repeats=5
   python bench/model_forward.py --tiny_train         # tiny model forward + backward
   python bench/model_forward.py --backbone=axial_resnet50 --frames=1
+  python bench/model_forward.py --auxiliary_ratio --frames=1 --repeats=4
+
+`--auxiliary_ratio` times, in one process and alternating call by call, the
+inference forward that also computes the training-only outputs (deep
+supervision and the auxiliary semantic branch: `auxiliary_outputs=True`, what
+every forward computed before) against the default inference forward, and
+prints both medians and their ratio.
 
 Prints one markdown table row per configuration: seconds per call and per frame
 (median of `--repeats` calls after one warm-up call), resident memory after the
@@ -56,6 +63,8 @@ def _child(args) -> dict:
     def step(x):
       return model(x, training=False)
 
+  if args.auxiliary_ratio:
+    return _auxiliary_ratio(model, clip, args.repeats)
   start = time.perf_counter()
   tf.nest.map_structure(lambda t: t.numpy(), step(clip))
   first_s = time.perf_counter() - start
@@ -72,6 +81,26 @@ def _child(args) -> dict:
               peak_rss_gib=proc_status.status_kib('VmHWM') / 2**20)
 
 
+def _auxiliary_ratio(model, clip, repeats: int) -> dict:
+  """Median s / call with and without the training-only outputs, alternating."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  calls = {
+      'with_auxiliary': tf.function(lambda x: model(x, training=False, auxiliary_outputs=True)),
+      'inference': tf.function(lambda x: model(x, training=False)),
+  }
+  for call in calls.values():  # Trace and warm up.
+    tf.nest.map_structure(lambda t: t.numpy(), call(clip))
+  times = {name: [] for name in calls}
+  for _ in range(repeats):
+    for name, call in calls.items():
+      start = time.perf_counter()
+      tf.nest.map_structure(lambda t: t.numpy(), call(clip))
+      times[name].append(time.perf_counter() - start)
+  medians = {name: statistics.median(t) for name, t in times.items()}
+  return dict(shape=list(clip.shape), medians=medians,
+              ratio=medians['inference'] / medians['with_auxiliary'])
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--frames', default='1,2,4',
@@ -84,6 +113,8 @@ def main():
                       help='ClipKMaX backbone_name (a key of clip_kmax.ENCODERS)')
   parser.add_argument('--tiny_train', action='store_true',
                       help='tiny model, [2, T, 65, 129, 3], forward + backward')
+  parser.add_argument('--auxiliary_ratio', action='store_true',
+                      help='time inference with vs without the training-only outputs')
   parser.add_argument('--_child', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args._child:  # pylint: disable=protected-access
@@ -92,9 +123,10 @@ def main():
     return
 
   print(f'load average before: {os.getloadavg()}', file=sys.stderr)
-  print('| model | input [B, T, H, W, 3] | s / call | s / frame | '
-        'RSS after build (GiB) | peak RSS (GiB) |')
-  print('| --- | --- | --- | --- | --- | --- |')
+  if not args.auxiliary_ratio:
+    print('| model | input [B, T, H, W, 3] | s / call | s / frame | '
+          'RSS after build (GiB) | peak RSS (GiB) |')
+    print('| --- | --- | --- | --- | --- | --- |')
   for frames in args.frames.split(','):
     command = [sys.executable, __file__, '--_child', f'--frames={frames}',
                f'--height={args.height}', f'--width={args.width}',
@@ -102,11 +134,19 @@ def main():
                f'--backbone={args.backbone}']
     if args.tiny_train:
       command.append('--tiny_train')
+    if args.auxiliary_ratio:
+      command.append('--auxiliary_ratio')
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
     run = subprocess.run(command, capture_output=True, text=True, env=env)
     if run.returncode:
       sys.exit(f'T = {frames} failed:\n{run.stderr[-3000:]}')
     result = json.loads(run.stdout.strip().splitlines()[-1])
+    if args.auxiliary_ratio:
+      medians = result['medians']
+      print(f'{args.backbone} {result["shape"]}: with auxiliary outputs '
+            f'{medians["with_auxiliary"]:.3f} s, inference {medians["inference"]:.3f} s, '
+            f'ratio {result["ratio"]:.2f} (median of {args.repeats}, alternating)')
+      continue
     name = ('tiny, fwd + bwd' if args.tiny_train
             else f'{args.backbone} ({result["parameters"]:,} params), fwd')
     print(f'| {name} | {result["shape"]} | {result["clip_s"]:.3f} | '

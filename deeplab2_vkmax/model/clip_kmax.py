@@ -364,12 +364,19 @@ class ClipKMaX(keras.Model):
           (None, None, None, self.semantic_head_channels))
     self.built = True
 
-  def call(self, images, training=False) -> Dict[str, Any]:
+  def call(self, images, training=False,
+           auxiliary_outputs: Optional[bool] = None) -> Dict[str, Any]:
     """Segments a batch of clips.
 
     Args:
       images: float32 [B, T, H, W, 3], raw pixel values in [0, 255].
       training: training mode (BN statistics, drop path).
+      auxiliary_outputs: also compute what only the training loss reads: the
+        deep-supervision outputs (`PRED_AUX_OUTPUTS`) and the auxiliary
+        semantic branch (`PRED_SEMANTIC_LOGITS`). None (default) = `training`:
+        inference skips them (about a third of the forward time with the
+        semantic decoder) and returns the main outputs only, identical to
+        those of a call with them.
 
     Returns:
       A dict of float32 tensors, whatever the dtype policy (h, w =
@@ -378,10 +385,12 @@ class ClipKMaX(keras.Model):
         PRED_TRANSFORMER_CLASS_LOGITS [B, N, C + 1] (void last),
         PRED_PIXEL_SPACE_NORMALIZED_FEATURE [B, T, h, w, D],
         PRED_QUERY_EMBEDDINGS [B, N, E] (final cluster centres),
-        PRED_SEMANTIC_LOGITS [B, T, hs, ws, C] (auxiliary semantic head only;
+        PRED_SEMANTIC_LOGITS [B, T, hs, ws, C] (with `auxiliary_outputs` and
+          the auxiliary semantic head only;
           at the semantic head's own resolution, as DeepLab2: h, w with the
           semantic decoder, the encoder's stride 32 without it),
-        PRED_AUX_OUTPUTS: tuple (one per kMaX layer) of dicts with
+        PRED_AUX_OUTPUTS (with `auxiliary_outputs`): tuple (one per kMaX
+          layer) of dicts with
           PRED_PIXEL_SPACE_MASK_LOGITS [B, T, h, w, N],
           PRED_TRANSFORMER_CLASS_LOGITS [B, N, C + 1] and
           PRED_PIXEL_SPACE_NORMALIZED_FEATURE [B, T, h, w, D]; logits and
@@ -426,37 +435,43 @@ class ClipKMaX(keras.Model):
             head[common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE]),
         common.PRED_QUERY_EMBEDDINGS: transformer['centers'],
     }
-    aux_outputs = []
-    for aux in transformer['aux_outputs']:
-      # Resize each frame on its own so frames never bleed into each other.
-      frame_logits = resize.unstack_frames(
-          aux[common.PRED_PIXEL_SPACE_MASK_LOGITS], num_frames)
-      frame_logits = resize.resize_bilinear(frame_logits,
-                                            [out_height, out_width])
-      frame_feature = resize.resize_bilinear(
-          aux[common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE],
-          [out_height, out_width])
-      aux_outputs.append({
-          common.PRED_PIXEL_SPACE_MASK_LOGITS: to_tubes(frame_logits),
-          common.PRED_TRANSFORMER_CLASS_LOGITS:
-              aux[common.PRED_TRANSFORMER_CLASS_LOGITS],
-          common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE: to_tubes(frame_feature),
-      })
-    outputs[common.PRED_AUX_OUTPUTS] = tuple(aux_outputs)
-
-    if self.use_auxiliary_semantic_head:
-      if self.use_auxiliary_semantic_decoder:
-        semantic = self._semantic_decoder(endpoints, training=training)
-      else:
-        semantic = endpoints['stage5']
-      semantic = self._semantic_head_without_last_layer(semantic,
-                                                        training=training)
-      semantic = self._semantic_last_layer(semantic)
-      outputs[common.PRED_SEMANTIC_LOGITS] = to_tubes(semantic)
+    if auxiliary_outputs is None:
+      auxiliary_outputs = bool(training)
+    if auxiliary_outputs:
+      outputs[common.PRED_AUX_OUTPUTS] = tuple(
+          self._deep_supervision_output(aux, num_frames, out_height, out_width, to_tubes)
+          for aux in transformer['aux_outputs'])
+      if self.use_auxiliary_semantic_head:
+        outputs[common.PRED_SEMANTIC_LOGITS] = to_tubes(
+            self._semantic_logits(endpoints, training))
     # Under a mixed-precision policy the layers compute in bfloat16/float16;
     # logits and features leave the model in float32 for the losses, the
     # matcher and the post-processor.
     return tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), outputs)
+
+  @staticmethod
+  def _deep_supervision_output(aux, num_frames, out_height, out_width, to_tubes):
+    """One kMaX layer's prediction at the decoder output resolution, as tubes."""
+    # Resize each frame on its own so frames never bleed into each other.
+    frame_logits = resize.unstack_frames(
+        aux[common.PRED_PIXEL_SPACE_MASK_LOGITS], num_frames)
+    frame_logits = resize.resize_bilinear(frame_logits, [out_height, out_width])
+    frame_feature = resize.resize_bilinear(
+        aux[common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE], [out_height, out_width])
+    return {
+        common.PRED_PIXEL_SPACE_MASK_LOGITS: to_tubes(frame_logits),
+        common.PRED_TRANSFORMER_CLASS_LOGITS: aux[common.PRED_TRANSFORMER_CLASS_LOGITS],
+        common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE: to_tubes(frame_feature),
+    }
+
+  def _semantic_logits(self, endpoints, training):
+    """The auxiliary semantic head's logits [B*T, hs, ws, C]."""
+    if self.use_auxiliary_semantic_decoder:
+      semantic = self._semantic_decoder(endpoints, training=training)
+    else:
+      semantic = endpoints['stage5']
+    semantic = self._semantic_head_without_last_layer(semantic, training=training)
+    return self._semantic_last_layer(semantic)
 
   def get_config(self):
     config = super().get_config()

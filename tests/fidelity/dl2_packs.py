@@ -131,7 +131,7 @@ def our_arrays(model, image: np.ndarray) -> Dict[str, np.ndarray]:
   """
   clips = tf.constant(image[:, np.newaxis], tf.float32)  # [1, 1, H, W, 3]
   arrays = {}
-  outputs = model(clips, training=False)
+  outputs = model(clips, training=False, auxiliary_outputs=True)
   for key in (common.PRED_PIXEL_SPACE_MASK_LOGITS,
               common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE,
               common.PRED_SEMANTIC_LOGITS):

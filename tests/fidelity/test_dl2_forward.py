@@ -89,7 +89,8 @@ def test_discrete_outputs_match_deeplab2(pack):
       f'transformer_decoder/aux{i}/pixel_space_mask_logits' for i in range(6)]
   for key in keys:
     assert argmax_agreement(ours[key], ref[key]) >= 0.999, (name, key)
-  outputs = model(tf.constant(ref['image'][:, np.newaxis], tf.float32), training=False)
+  outputs = model(tf.constant(ref['image'][:, np.newaxis], tf.float32), training=False,
+                  auxiliary_outputs=True)
   panoptic = our_panoptic(config, descriptor, outputs, name)
   # Classes through DeepLab2's channel order, thing ids = DeepLab2's rank + 1.
   assert np.mean(panoptic == ref['panoptic_pred']) >= 0.999, name

@@ -193,7 +193,7 @@ def test_clip_kmax_with_axial_resnet_encoder():
                 backbone_name='axial_resnet50', drop_path_keep_prob=0.8)
   model = clip_kmax.ClipKMaX(**kwargs)
   clip = tf.random.stateless_uniform([1, 2, 33, 65, 3], seed=[9, 9], maxval=255.0)
-  outputs = model(clip, training=False)
+  outputs = model(clip, training=False, auxiliary_outputs=True)
   assert outputs[common.PRED_PIXEL_SPACE_MASK_LOGITS].shape == (1, 2, 9, 17, 16)
   assert outputs[common.PRED_SEMANTIC_LOGITS].shape == (1, 2, 9, 17, 3)
   train_outputs = model(clip, training=True)

@@ -58,9 +58,20 @@ def _shapes(outputs):
 @pytest.mark.parametrize('frames', [1, 2])
 @pytest.mark.parametrize('training', [False, True])
 def test_output_shapes(model, frames, training):
-  outputs = model(_clip(2, frames), training=training)
+  outputs = model(_clip(2, frames), training=training, auxiliary_outputs=True)
   assert _shapes(outputs) == _expected_shapes(2, frames)
   assert isinstance(outputs[common.PRED_AUX_OUTPUTS], tuple)
+
+
+def test_inference_returns_only_what_it_uses_and_the_same_values(model):
+  clip = _clip(1, 2, seed=5)
+  full = model(clip, training=False, auxiliary_outputs=True)
+  lean = model(clip)  # Inference default: no deep supervision, no semantic branch.
+  assert set(lean) == set(full) - {common.PRED_AUX_OUTPUTS, common.PRED_SEMANTIC_LOGITS}
+  for key, value in lean.items():
+    np.testing.assert_array_equal(value.numpy(), full[key].numpy())
+  # Training computes them by default (the loss reads them).
+  assert set(model(clip, training=True)) == set(full)
 
 
 def test_odd_input_sizes_round_up(model):
@@ -84,7 +95,13 @@ def test_get_config_round_trip(model):
   config = model.get_config()
   clone = clip_kmax.ClipKMaX.from_config(config)
   assert clone.get_config() == config
-  assert _shapes(clone(_clip(1, 2))) == _expected_shapes(1, 2)
+  clone(_clip(1, 2))  # An inference call builds every variable, the auxiliary ones too.
+  full = clip_kmax.ClipKMaX.from_config(config)
+  full(_clip(1, 2), auxiliary_outputs=True)
+  def variables(m):  # Paths below the model's own (auto-numbered) name.
+    return sorted((w.path.split('/', 1)[1], tuple(w.shape)) for w in m.weights)
+  assert variables(clone) == variables(full)
+  assert _shapes(clone(_clip(1, 2), auxiliary_outputs=True)) == _expected_shapes(1, 2)
 
 
 def test_gradients_reach_every_trainable_variable():
@@ -141,7 +158,7 @@ def test_clip_is_decoded_jointly_but_encoded_per_frame():
 def test_same_frame_twice_gives_identical_tube_frames(model):
   # Frames are stacked, never mixed by the per-frame heads or the aux resize.
   frame = _clip(1, 1, seed=11)
-  outputs = model(tf.concat([frame, frame], axis=1))
+  outputs = model(tf.concat([frame, frame], axis=1), auxiliary_outputs=True)
   for key in (common.PRED_PIXEL_SPACE_MASK_LOGITS,
               common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE,
               common.PRED_SEMANTIC_LOGITS):
@@ -156,7 +173,7 @@ def test_os2_without_semantic_decoder_keeps_semantic_head():
   kwargs = dict(clip_kmax.tiny_model_kwargs(), decoder_output_stride=2,
                 use_auxiliary_semantic_decoder=False)
   model = clip_kmax.ClipKMaX(**kwargs)
-  outputs = model(_clip(1, 2))
+  outputs = model(_clip(1, 2), auxiliary_outputs=True)
   # DeepLab2's Cityscapes variant: the semantic head reads `stage5` directly,
   # and its logits stay at stride 32 (33 x 65 -> 2 x 3).
   assert outputs[common.PRED_SEMANTIC_LOGITS].shape == (1, 2, 2, 3, 3)
@@ -174,7 +191,7 @@ def test_without_any_semantic_branch():
                 use_auxiliary_semantic_decoder=False,
                 use_auxiliary_semantic_head=False)
   model = clip_kmax.ClipKMaX(**kwargs)
-  outputs = model(_clip(1, 1))
+  outputs = model(_clip(1, 1), auxiliary_outputs=True)
   assert _shapes(outputs) == _expected_shapes(1, 1, with_semantic=False)
   assert set(model.checkpoint_items) == {
       'encoder', 'pixel_decoder', 'transformer_decoder', 'pixel_space_head',

@@ -133,7 +133,7 @@ def test_invalid_arguments_raise():
 def test_clip_kmax_with_convnext_encoder():
   kwargs = dict(clip_kmax.tiny_model_kwargs(num_classes=3), backbone_name='convnext_tiny')
   model = clip_kmax.ClipKMaX(**kwargs)
-  outputs = model(tf.zeros([1, 2, 33, 65, 3]), training=False)
+  outputs = model(tf.zeros([1, 2, 33, 65, 3]), training=False, auxiliary_outputs=True)
   assert outputs[common.PRED_PIXEL_SPACE_MASK_LOGITS].shape == (1, 2, 9, 17, 16)
   assert outputs[common.PRED_SEMANTIC_LOGITS].shape == (1, 2, 9, 17, 3)
   assert isinstance(model.checkpoint_items['encoder'], convnext.ConvNeXt)

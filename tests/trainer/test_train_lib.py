@@ -43,7 +43,7 @@ def test_shipped_r50_config_builds_the_real_model():
   config = config_lib.load_experiment_config(str(R50))
   descriptor = data_lib.dataset_descriptor(config.train_dataset_options)
   model = builder.build_model(config, descriptor)
-  outputs = model(tf.zeros([1, 2, 65, 129, 3]), training=False)
+  outputs = model(tf.zeros([1, 2, 65, 129, 3]), training=False, auxiliary_outputs=True)
   assert outputs[common.PRED_PIXEL_SPACE_MASK_LOGITS].shape == (1, 2, 17, 33, 128)
   assert outputs[common.PRED_TRANSFORMER_CLASS_LOGITS].shape == (1, 128, 20)
   assert len(outputs[common.PRED_AUX_OUTPUTS]) == 6
