@@ -60,6 +60,7 @@ setuptools.setup(
     name='deeplab2_vkmax',
     version='0.1.0',
     description='Video-kMaX (clip-kMaX + HiLA-MB) video panoptic segmentation in TF2/Keras 3.',
+    license='Apache-2.0',  # The LICENSE file; DeepLab2's own license.
     python_requires='>=3.10',
     packages=_PACKAGES,
     package_dir=_PACKAGE_DIR,

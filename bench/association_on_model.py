@@ -87,6 +87,11 @@ def predict_videos(saved_model: str, file_pattern: str,
   return videos
 
 
+# Generated data never goes into git: /data/ at the repository root is ignored.
+_DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 'data', 'synthetic_association')
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--saved_model', required=True,
@@ -95,8 +100,10 @@ def main():
   parser.add_argument('--file_pattern', default=None,
                       help='TFRecords of the videos; default: generate held-out '
                            'synthetic videos under --data_dir.')
-  parser.add_argument('--data_dir', default='data/synthetic_association',
-                      help='Where the held-out synthetic videos are generated.')
+  parser.add_argument('--data_dir', default=_DEFAULT_DATA_DIR,
+                      help='Where the held-out synthetic videos are generated '
+                           '(default: the repository\'s ignored data/ folder, '
+                           'wherever the command runs).')
   parser.add_argument('--seed', type=int, default=1,
                       help='Synthetic generator seed (the demo trains on seed 0).')
   parser.add_argument('--num_sequences', type=int, default=24)
