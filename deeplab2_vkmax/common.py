@@ -25,6 +25,11 @@ PANOPTIC_LABEL = 'panoptic_label'  # int32, semantic * label_divisor + instance.
 SEMANTIC_LABEL = 'semantic_label'  # int32, panoptic // label_divisor.
 SEQUENCE_ID = 'sequence_id'  # string, one per clip.
 FRAME_ID = 'frame_id'  # int32 [T], frame index inside the sequence.
+ORIGINAL_SIZE = 'original_size'  # int32 [2], a padded evaluation clip's frame (H, W).
+
+# The mean pixel: frames are padded with it, and the model maps it to 0
+# (`x / PAD_PIXEL_VALUE - 1`), so padding is neutral after normalisation.
+PAD_PIXEL_VALUE = 127.5
 
 # --- Model outputs (`ClipKMaX.call`). ---
 # Tubes: the T frames of a clip are stacked along height inside the transformer
@@ -51,8 +56,10 @@ INSTANCE_DISCRIMINATION_LOSS = 'instance_discrimination_loss'
 SEMANTIC_LOSS = 'semantic_loss'
 TOTAL_LOSS = 'total_loss'
 
-# --- Export signature. ---
+# --- Export signature and files. ---
 EXPORT_INPUT_NAME = 'input_tensor'
+# The experiment config, written into every run directory and SavedModel.
+CONFIG_FILENAME = 'config.textproto'
 
 # --- Loss diagnostics (`model/loss/kmax_loss.py`); per-example [B], not in total. ---
 PQ_STYLE_LOSS_CLASS_TERM = 'pq_style_loss_class_term'

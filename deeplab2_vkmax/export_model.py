@@ -96,9 +96,10 @@ class ClipKMaXExportModule(tf.Module):
     padded_height = (height - 1 + _GRID - 1) // _GRID * _GRID + 1
     padded_width = (width - 1 + _GRID - 1) // _GRID * _GRID + 1
     images = tf.cast(clip, tf.float32)
-    # Pad with 127.5, which the model normalises to 0.
-    images = tf.pad(images - 127.5, [[0, 0], [0, padded_height - height],
-                                     [0, padded_width - width], [0, 0]]) + 127.5
+    # Pad with the mean pixel, which the model normalises to 0.
+    mean = common.PAD_PIXEL_VALUE
+    images = tf.pad(images - mean, [[0, 0], [0, padded_height - height],
+                                    [0, padded_width - width], [0, 0]]) + mean
     outputs = self.model(images[tf.newaxis], training=False)  # [1, T, Hp, Wp, 3] in.
     processed = self._post_processor(outputs, tf.stack([padded_height, padded_width]))
     scale = tf.cast(tf.stack([padded_width / width, padded_height / height] * 2), tf.float32)
@@ -134,7 +135,7 @@ def export_saved_model(model: keras.Model, post_processor,
       'serving_default': module.serve.get_concrete_function(),
       'serving_frame': module.serve_frame.get_concrete_function(),
   })
-  with tf.io.gfile.GFile(os.path.join(temporary, 'config.textproto'), 'w') as f:
+  with tf.io.gfile.GFile(os.path.join(temporary, common.CONFIG_FILENAME), 'w') as f:
     f.write(str(config))
   if tf.io.gfile.exists(output_path):
     tf.io.gfile.rmtree(output_path)

@@ -30,7 +30,7 @@ from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.protos import config_pb2
 
 MODES = ('near_online', 'online')
-CONFIG_FILENAME = 'config.textproto'  # Written into the SavedModel by export_model.
+CONFIG_FILENAME = common.CONFIG_FILENAME  # Written into the SavedModel by export_model.
 _REQUIRED_OUTPUTS = (common.PANOPTIC_PRED, common.SEMANTIC_PRED, common.SEGMENT_IDS,
                      common.SEGMENT_SCORES, common.PRED_QUERY_EMBEDDINGS)
 

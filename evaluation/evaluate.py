@@ -137,7 +137,7 @@ def check_dataset_matches(saved_model: str,
   Raises:
     ValueError: naming both data sets, their class counts and divisors.
   """
-  path = os.path.join(saved_model, 'config.textproto')
+  path = os.path.join(saved_model, common.CONFIG_FILENAME)
   if not os.path.isfile(path):
     return
   trained = config_lib.load_experiment_config(path)
@@ -158,7 +158,7 @@ def check_dataset_matches(saved_model: str,
 def load_config(saved_model: str, config_file: Optional[str],
                 clip_length: int) -> config_pb2.ExperimentOptions:
   """The association options: --config_file, else the SavedModel's own config."""
-  path = config_file or os.path.join(saved_model, 'config.textproto')
+  path = config_file or os.path.join(saved_model, common.CONFIG_FILENAME)
   if config_file or os.path.isfile(path):
     config = config_lib.load_experiment_config(path)
   else:

@@ -22,7 +22,7 @@ from deeplab2_vkmax.data import synthetic
 from deeplab2_vkmax.evaluation import video_scorer
 from deeplab2_vkmax.protos import dataset_pb2
 
-ORIGINAL_SIZE = 'original_size'
+ORIGINAL_SIZE = common.ORIGINAL_SIZE
 
 
 def _synthetic_file_pattern(options: dataset_pb2.DatasetOptions) -> str:

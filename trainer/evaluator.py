@@ -21,7 +21,7 @@ import tensorflow as tf
 from deeplab2_vkmax import common
 from deeplab2_vkmax.evaluation import video_scorer
 
-ORIGINAL_SIZE = 'original_size'
+ORIGINAL_SIZE = common.ORIGINAL_SIZE
 
 
 class ClipKMaXEvaluator(orbit.StandardEvaluator):

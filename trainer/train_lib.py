@@ -32,6 +32,7 @@ import keras
 import orbit
 import tensorflow as tf
 
+from deeplab2_vkmax import common
 from deeplab2_vkmax import export_model
 from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.evaluation import stq
@@ -384,7 +385,7 @@ def run_experiment(mode: str, config: config_pb2.ExperimentOptions, model_dir: s
   chief = is_chief(strategy)
   if chief:
     os.makedirs(experiment.run_dir, exist_ok=True)
-    with open(os.path.join(experiment.run_dir, 'config.textproto'), 'w') as f:
+    with open(os.path.join(experiment.run_dir, common.CONFIG_FILENAME), 'w') as f:
       f.write(str(config))
   # A non-chief worker saves into a private directory (saving is collective) and
   # restores from the chief's checkpoints.

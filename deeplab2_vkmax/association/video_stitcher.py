@@ -16,21 +16,6 @@ import numpy as np
 from deeplab2_vkmax.association import matching
 
 
-def thing_segment_ids(panoptic: np.ndarray, label_divisor: int,
-                      thing_class_ids: np.ndarray) -> np.ndarray:
-  """Sorted distinct thing segment ids (thing class, instance > 0) in `panoptic`.
-
-  Args:
-    panoptic: int array of any shape, `semantic * label_divisor + instance`.
-    label_divisor: the panoptic label divisor.
-    thing_class_ids: int [C_things].
-
-  Returns:
-    int64 [K], ascending.
-  """
-  return matching.thing_pixels(panoptic, label_divisor, thing_class_ids)[0]
-
-
 class VideoStitcher:
   """Mutual-best overlap matching on the frame two consecutive clips share."""
 

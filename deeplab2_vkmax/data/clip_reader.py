@@ -33,7 +33,7 @@ import tensorflow as tf
 from deeplab2_vkmax import common
 from deeplab2_vkmax.data import dataset as dataset_lib
 
-_PAD_IMAGE_VALUE = 127.5  # Mean pixel: padding is neutral after normalisation.
+_PAD_IMAGE_VALUE = common.PAD_PIXEL_VALUE
 # Photometric jitter ranges (one draw per clip).
 _BRIGHTNESS_DELTA = 20.0
 _CONTRAST_RANGE = (0.8, 1.2)

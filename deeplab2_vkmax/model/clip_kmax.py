@@ -403,7 +403,7 @@ class ClipKMaX(keras.Model):
       raise ValueError(f'images must be [B, T, H, W, 3], got {images.shape}.')
     shape = tf.shape(images)
     num_frames = images.shape[1] if images.shape[1] is not None else shape[1]
-    frames = tf.reshape(images / 127.5 - 1.0,
+    frames = tf.reshape(images / common.PAD_PIXEL_VALUE - 1.0,
                         [-1, shape[2], shape[3], 3])  # [B*T, H, W, 3]
 
     endpoints = self._encoder(frames, training=training)
