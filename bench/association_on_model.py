@@ -1,4 +1,4 @@
-"""Association ablations on a trained clip-kMaX's own predictions (issue 6).
+"""Association ablations on a trained clip-kMaX's own predictions.
 
 `bench/association.py` models the predictions (boxes, misses, embeddings); this
 script takes them from an exported SavedModel instead: the model's tube masks and

@@ -1,4 +1,4 @@
-"""Checkpoint cost of saving the training data position (issue 8).
+"""Checkpoint cost of saving the training data position.
 
 `trainer_options.checkpoint_data_position` puts the training input iterator into
 every checkpoint. tf.data then serialises the iterator's buffers: the shuffle

@@ -1,4 +1,4 @@
-"""Throughput of the clip input pipeline on KITTI-STEP-sized frames (issue 5).
+"""Throughput of the clip input pipeline on KITTI-STEP-sized frames.
 
 Writes a KITTI-STEP tree of 375 x 1242 frames (PNG images with natural-image-like
 compression, panoptic maps with stuff, things and void) into a temporary folder,

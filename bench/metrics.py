@@ -1,4 +1,4 @@
-"""Timings: STQ and VPQ({1,2,4,6}) on a KITTI-STEP-sized sequence (issue 7).
+"""Timings: STQ and VPQ({1,2,4,6}) on a KITTI-STEP-sized sequence.
 
 One 300-frame 375 x 1242 sequence with ~30 moving things (cars, people) on stuff
 (road, sky, vegetation), a void band and a crowd region. The prediction is the

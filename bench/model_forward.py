@@ -1,4 +1,4 @@
-"""clip-kMaX forward time per frame and peak memory on this machine (issue 3).
+"""clip-kMaX forward time per frame and peak memory on this machine.
 
 Each configuration runs in its own subprocess so that the peak resident set size
 (`VmHWM` in /proc/self/status, which sees TensorFlow's allocations, unlike

@@ -1,4 +1,4 @@
-r"""Peak memory and speed of vkmax-predict on a long synthetic video (issue 9).
+r"""Peak memory and speed of vkmax-predict on a long synthetic video.
 
   python bench/predict_memory.py [--num_frames=2000] [--height=64 --width=128]
       [--work_dir=/tmp/vkmax_predict_bench] [--mode=near_online]

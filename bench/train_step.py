@@ -1,7 +1,7 @@
 r"""Timings of one clip-kMaX training step, of the Hungarian matching and of the loss.
 
-Issue 4 ("Benchmark: time of one training step (R50, 2 x 2 frames at 385x1249 and a
-tiny config) with the matching cost shown separately").
+The time of one training step (R50, 2 x 2 frames at 385x1249, and a tiny config)
+with the matching cost shown separately.
 
 For each model config (`tiny`: `clip_kmax.tiny_model_kwargs`; `r50`: the ClipKMaX
 defaults = DeepLab2's kMaX-R50, OS4, N = 128, auxiliary semantic decoder), all with
@@ -28,8 +28,8 @@ Memory: the R50 train step at 2 x 2 x 385 x 1249 peaks at 19.7 GB resident
 other jobs ran. Use --train_step_configs=tiny or --batch=1 there.
 Prints `uptime` before and after and a markdown table.
 
-Issue 8 ("steps/s and peak memory for the tiny and R50 configs on this CPU,
-float32 vs mixed precision"): with --compare_precision, every (config, dtype
+Steps/s and peak memory for the tiny and R50 configs on this CPU, float32 vs
+mixed precision: with --compare_precision, every (config, dtype
 policy) pair runs in its own subprocess (so that the peak resident set size,
 `VmHWM` from /proc/self/status, belongs to it alone) and times the same train
 step with the model built under the policy (`export_model.dtype_policy_scope`)

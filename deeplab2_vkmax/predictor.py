@@ -1,4 +1,4 @@
-"""Streaming video panoptic segmentation with video-level track ids (issue 9).
+"""Streaming video panoptic segmentation with video-level track ids.
 
 `Predictor` runs an exported SavedModel (or a checkpoint + config, exported in
 memory) clip by clip over a stream of frames and associates the clips with the

@@ -47,7 +47,7 @@ from deeplab2_vkmax.protos import config_pb2
 
 METRICS = ('stq', 'vpq', 'pq', 'miou', 'vc8', 'vc16')
 _REQUIRED_OUTPUTS = (common.PANOPTIC_PRED, common.SEGMENT_IDS, common.PRED_QUERY_EMBEDDINGS)
-# Published protocol of each data set (metrics.md).
+# Published protocol of each data set (docs/evaluation.md).
 _DEFAULT_METRICS = {'vspw': ('miou', 'vc8', 'vc16')}
 _DEFAULT_VPQ_WINDOWS = {'vipseg': 'vipseg', 'cityscapes_vps': 'cityscapes_vps'}
 

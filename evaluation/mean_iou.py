@@ -43,7 +43,7 @@ class MeanIoU:
         `id // label_divisor` (lets one driver feed panoptic maps to every
         metric); None = inputs are class maps.
       vspw_remap: apply `vspw_remap` to the ground truth (raw VSPW masks).
-      classes_in_mean: 'gt_present' (metrics.md: classes present in the GT) or
+      classes_in_mean: 'gt_present' (docs/evaluation.md: classes present in the GT) or
         'union_nonzero' (also classes only predicted, IoU 0; the nanmean of
         per-class IoU some scripts report).
 

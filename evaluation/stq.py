@@ -263,7 +263,7 @@ class STQuality:
     """Each ground-truth track's association quality, per sequence.
 
     AQ(g) = 1/|g| * sum over predicted ids p of TPA(p, g) * IoU_id(p, g), the
-    per-track term of metrics.md; `result()['AQ']` is the mean of these over
+    per-track term of docs/evaluation.md; `result()['AQ']` is the mean of these over
     every track of every sequence. For diagnostics: which tracks lose their id.
 
     Returns:

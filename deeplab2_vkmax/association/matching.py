@@ -13,7 +13,7 @@ buffers, id counter) live in `hila_memory_buffer.py`, `naive_memory_buffer.py` a
 - `boxes_from_pixels` / `boxes_from_masks`: normalised boxes `[x_tl/w, y_tl/h, x_br/w, y_br/h]` of every
   segment of a frame (the location feature of Eq. (4)).
 - `overlap_scores`: IoU or dice between the segments of two label maps of the same
-  frame (Video Stitching, method.md Sec. 3).
+  frame (Video Stitching, docs/association.md).
 - `mutual_best_matches`: mutual-best pairs of a score matrix above a threshold.
 - `hila_similarity` / `appearance_similarity` / `location_similarity`: Eq. (5)
   and its appearance-only (naive-MB) and location-only factors.

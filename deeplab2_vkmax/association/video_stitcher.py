@@ -1,6 +1,6 @@
 """Video Stitching: short-term association between overlapping clips.
 
-Paper Sec. 3.2 (Decoding Phase, first level of HiLA-MB) and method.md Sec. 3:
+Paper Sec. 3.2 (Decoding Phase, first level of HiLA-MB) and docs/association.md:
 consecutive clips of a near-online run share one frame. On that frame, the
 overlap score (IoU, as DeepLab2's ViP-DeepLab stitcher, or dice, as the PyTorch
 Video-kMaX release) is computed between every thing segment of the previous clip

@@ -118,7 +118,7 @@ def _perturb(rng, gt):
 
 
 def _reference_vpq(videos, window_sizes):
-  """Loop transcription of metrics.md (stacked frames, dict of pair areas)."""
+  """Loop transcription of docs/evaluation.md (stacked frames, dict of pair areas)."""
   vpq_n = []
   for n in window_sizes:
     stats = np.zeros((4, 3))

@@ -1,4 +1,4 @@
-"""STQ: hand-computed exact values, invariances and streaming (metrics.md)."""
+"""STQ: hand-computed exact values, invariances and streaming (docs/evaluation.md)."""
 
 import numpy as np
 import pytest
@@ -156,7 +156,7 @@ def test_errors_name_values():
 
 
 def _loop_reference(sequences, num_classes=3, things=(1,)):
-  """Direct transcription of metrics.md with dicts and loops (slow, obvious)."""
+  """Direct transcription of docs/evaluation.md with dicts and loops (slow, obvious)."""
   confusion = np.zeros((num_classes + 1, num_classes + 1))
   aq_sum, tracks = 0.0, 0
   for gt, pred in sequences:

@@ -1,4 +1,4 @@
-"""Every loss field of the config reaches `KMaXLoss` (issue 4: "every config field
+"""Every loss field of the config reaches `KMaXLoss` ("every config field
 that exists is wired").
 
 `builder.build_loss` reads `TrainerOptions.loss_options` (weights, semantic top-k)

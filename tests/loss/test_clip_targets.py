@@ -1,4 +1,4 @@
-"""Clip ground truth: thing tubes, stuff masks, void and crowd (method.md §2)."""
+"""Clip ground truth: thing tubes, stuff masks, void and crowd (docs/loss.md)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The kMaX loss is averaged over the GLOBAL batch under tf.distribute (issue 4).
+"""The kMaX loss is averaged over the GLOBAL batch under tf.distribute.
 
 The trainer (trainer/trainer.py) has every replica reduce the per-example losses
 with `reduce_sum(loss) / global_batch_size`; the replicas' gradients are then

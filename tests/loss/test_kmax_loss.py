@@ -1,4 +1,4 @@
-"""kMaX losses on tubes: hand-built cases with known behaviour (method.md §2)."""
+"""kMaX losses on tubes: hand-built cases with known behaviour (docs/loss.md)."""
 
 import numpy as np
 import pytest

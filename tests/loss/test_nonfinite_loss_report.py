@@ -1,6 +1,6 @@
 """A non-finite loss is reported and its update skipped, never silently zeroed.
 
-Issue 4 ("a NaN or Inf loss is reported (summary + log line with the step)").
+A NaN or Inf loss is reported (summary + log line with the step).
 Drives `trainer.trainer.ClipKMaXTrainer` directly under a OneDevice CPU strategy.
 The model is a one-layer stand-in that returns the mask-logit key: the trainer only
 needs `model(images, training=True)` and `loss_fn(inputs, outputs)`, and a

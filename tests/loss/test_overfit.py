@@ -1,4 +1,4 @@
-"""A tiny clip-kMaX overfits one synthetic clip with the kMaX losses (issue 4).
+"""A tiny clip-kMaX overfits one synthetic clip with the kMaX losses.
 
 One clip of T = 2 frames (64 x 128, padded with void to 65 x 129) from
 `synthetic.generate_sequence`: 10 ground-truth masks (4 stuff classes, 6 thing

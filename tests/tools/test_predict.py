@@ -1,4 +1,4 @@
-"""End-to-end tests of the SavedModel export and the vkmax-predict CLI (issue 9).
+"""End-to-end tests of the SavedModel export and the vkmax-predict CLI.
 
 The tiny untrained model is exported once per session (conftest.tiny_export); the
 SavedModel is reloaded in a fresh process and the CLI runs as `python -m`.

@@ -1,4 +1,4 @@
-"""The training data position is saved and restored (issue 8).
+"""The training data position is saved and restored.
 
 With `trainer_options.checkpoint_data_position` the checkpoints hold the training
 input iterator (`train_iterator`). The test trains the tiny synthetic config

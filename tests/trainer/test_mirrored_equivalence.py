@@ -1,4 +1,4 @@
-"""OneDevice and MirroredStrategy train the same model identically (issue 8).
+"""OneDevice and MirroredStrategy train the same model identically.
 
 (Also: `solver_options.use_sync_batchnorm` reaches every batch norm, off by default.)
 

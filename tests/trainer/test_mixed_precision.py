@@ -1,4 +1,4 @@
-"""Mixed precision (issue 8): dtype policies, loss scaling, NaN report, export.
+"""Mixed precision: dtype policies, loss scaling, NaN report, export.
 
 `solver_options.mixed_precision` selects a Keras 3 dtype policy for the model:
 `mixed_bfloat16` (no loss scaling) or `mixed_float16` (the optimisers become

@@ -1,4 +1,4 @@
-"""Two workers on 127.0.0.1 train with MultiWorkerMirroredStrategy (issue 8).
+"""Two workers on 127.0.0.1 train with MultiWorkerMirroredStrategy.
 
 Two processes get a `TF_CONFIG` naming both (free ports on localhost, task 0 is
 the chief) and run the same entry point: `train_lib.create_strategy()` (which

@@ -1,4 +1,4 @@
-"""SIGKILL after a checkpoint, restart the same command: training resumes (issue 8).
+"""SIGKILL after a checkpoint, restart the same command: training resumes.
 
 `python trainer/train.py --mode=train` runs as a subprocess on the tiny synthetic
 config (steps_per_loop = save_checkpoints_steps = 5, 15 steps). When the first

@@ -1,4 +1,4 @@
-"""TensorBoard summaries of a run (issue 8), read back from the event files.
+"""TensorBoard summaries of a run, read back from the event files.
 
 One `train_and_eval` run of the tiny synthetic config (2 steps, one loop, image
 summaries every 2 steps, evaluation on one sequence). Event files are read with

@@ -1,7 +1,7 @@
 """Clip-level ground truth for the kMaX losses on tubes.
 
-method.md §2 ("Ground truth per clip"): the T frames of a clip are stacked along
-height exactly like the clip features (method.md §1.3), a thing keeps one
+docs/loss.md: the T frames of a clip are stacked along
+height exactly like the clip features (docs/model.md), a thing keeps one
 panoptic id across the clip and therefore forms one mask (a *tube*), and each
 stuff class present in the clip is one mask. Paper Sec. 3.1 (clip-kMaX): "each
 object query ... is learned to yield a tube prediction".

@@ -1,6 +1,6 @@
 """The kMaX training objective applied to clip tubes (Video-kMaX).
 
-method.md §2 fixes the losses; they are kMaX-DeepLab's, computed with DeepLab2's
+docs/loss.md fixes the losses; they are kMaX-DeepLab's, computed with DeepLab2's
 conventions (`model/loss/max_deeplab_loss.py MaXDeepLabLoss`,
 `model/loss/base_loss.py`; every term equals DeepLab2's on its loss pack,
 tests/fidelity; docs/loss.md lists each convention), applied to a clip whose

@@ -1,6 +1,6 @@
 """In-graph Hungarian matching for the kMaX losses.
 
-The kMaX training objective (method.md §2, "Hungarian matching"; paper Sec. 3.1,
+The kMaX training objective (docs/loss.md; paper Sec. 3.1,
 clip-kMaX trained with the kMaX-DeepLab losses) assigns every ground-truth mask
 to one prediction slot by minimising the total matching cost. The assignment is
 solved inside the train step, so it must be pure TensorFlow: it runs eagerly,

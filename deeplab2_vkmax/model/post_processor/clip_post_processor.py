@@ -1,7 +1,7 @@
 """Clip post-processing: clip-kMaX tube logits -> per-frame panoptic maps.
 
 Implements the post-processing step of clip-kMaX (Video-kMaX paper, Sec. 3.1;
-`reference/method.md` Sec. 1 item 6) with DeepLab2's semantics
+docs/model.md, "Post-processing") with DeepLab2's semantics
 (`model/post_processor/max_deeplab.py`; at T = 1 the panoptic map equals
 DeepLab2's, tests/fidelity). The model predicts N mask slots per clip; the T
 frames of one slot form one *tube*, so a slot becomes one segment that spans
@@ -13,9 +13,10 @@ Two modes, as DeepLab2's `transformer_post_processing`:
 
 * ``'maskwise'`` (kMaX-DeepLab): the mask probabilities are a softmax over slots; a
   slot's binary tube is ``prob > pixel_confidence_threshold`` (no argmax condition,
-  so two slots may claim the same pixel when the threshold is below 0.5: method.md
-  item 6). Every slot is ranked by ``class_conf ** reorder_class_weight *
-  mean_mask_prob ** reorder_mask_weight`` (mean over the slot's binary mask at the
+  so two slots may claim the same pixel when the threshold is below 0.5, as in
+  DeepLab2; docs/model.md, "Post-processing"). Every slot is ranked by
+  ``class_conf ** reorder_class_weight * mean_mask_prob ** reorder_mask_weight``
+  (mean over the slot's binary mask at the
   decoder resolution, before the resize) and, from high to low, a slot whose
   class confidence passes the thing/stuff threshold pastes its tube onto the
   still-free pixels if more than ``overlapping_threshold`` of it is free. A
