@@ -36,16 +36,22 @@ def run_absl(main: Callable[[Sequence[str]], Optional[int]],
   (absl prints two, the second only pointing at --help).
   """
   from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
   arguments = list(sys.argv if argv is None else argv)
   exit_on_help(arguments)
+  parse_flags_or_exit(arguments)
+  app.run(main, argv=arguments)
+
+
+def parse_flags_or_exit(argv: Optional[Sequence[str]] = None) -> None:
+  """Parses the absl flags defined so far; a bad one is `error: ...`, exit 2."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
   try:
-    flags.FLAGS(arguments)
+    flags.FLAGS(list(sys.argv if argv is None else argv))
   except flags.Error as e:
-    message = '; '.join(line.strip() for line in str(e).splitlines() if line.strip())
+    message = '; '.join(line.strip().rstrip('.') for line in str(e).splitlines()
+                        if line.strip())
     print(f'error: {message} (see --help)', file=sys.stderr)
     sys.exit(2)
-  app.run(main, argv=arguments)
 
 
 def exit_on_help(argv: Optional[Sequence[str]] = None) -> None:

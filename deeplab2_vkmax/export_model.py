@@ -29,12 +29,13 @@ from deeplab2_vkmax import cli
 if __name__ == '__main__':
   # Defined only when run as a program, so importing this module (as
   # trainer/train.py does) never clashes with the importer's flags; defined
-  # before TensorFlow loads so that --help answers at once.
+  # before TensorFlow loads so that --help and flag errors answer at once.
   flags.DEFINE_string('config_file', None, 'ExperimentOptions textproto.')
   flags.DEFINE_string('checkpoint_path', None, 'A checkpoint (ckpt-N) or a run directory.')
   flags.DEFINE_string('output_path', None, 'Where the SavedModel is written.')
   flags.mark_flags_as_required(['config_file', 'checkpoint_path', 'output_path'])
   cli.exit_on_help()
+  cli.parse_flags_or_exit()
   cli.quiet_tensorflow()
   cli.initialise_devices()
 

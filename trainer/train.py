@@ -32,7 +32,8 @@ _MODE = flags.DEFINE_enum('mode', 'train_and_eval',
                           'What to run.')
 _MODEL_DIR = flags.DEFINE_string('model_dir', 'runs',
                                  'Runs are written to <model_dir>/<experiment_name>.')
-_NUM_GPUS = flags.DEFINE_integer('num_gpus', 0, '0: CPU, 1: one GPU, >1: MirroredStrategy.')
+_NUM_GPUS = flags.DEFINE_integer('num_gpus', 0, '0: CPU, 1: one GPU, >1: MirroredStrategy.',
+                                 lower_bound=0)
 _MASTER = flags.DEFINE_string('master', '', 'TPU address (TPUStrategy); empty or "local" = none.')
 
 

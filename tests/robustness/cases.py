@@ -179,8 +179,8 @@ CASES: List[Case] = [
          ['--config_file=' + str(TINY_CONFIG), '--num_gpus=1', '--model_dir={dir}/runs'], 1,
          r'^error: --num_gpus=1 but TensorFlow sees 0 GPU'),
     Case('train_negative_gpus', TRAIN, '`--num_gpus=-1`',
-         ['--config_file=' + str(TINY_CONFIG), '--num_gpus=-1', '--model_dir={dir}/runs'], 1,
-         r'^error: --num_gpus must be >= 0; got -1'),
+         ['--config_file=' + str(TINY_CONFIG), '--num_gpus=-1', '--model_dir={dir}/runs'], 2,
+         r'^error: flag --num_gpus=-1: -1 is not a non-negative integer'),
     # evaluate
     Case('eval_help', EVALUATE, '`--help`', ['--help'], 0, r'--saved_model', stdout=True),
     Case('eval_missing_flags', EVALUATE, 'no `--saved_model`', [], 2,
