@@ -16,9 +16,18 @@ grid) with the mean pixel inside the graph, and the outputs cropped back.
 
 The model computes under the run's `solver_options.mixed_precision` policy;
 the interface is the same under every policy (uint8 in, float32/int32 out).
+
+`--format=tflite` writes a TensorFlow Lite flatbuffer of the same clip function
+instead (built-in ops only, so the stock interpreter and its XNNPACK delegate run
+it): one fixed input uint8 [T, H, W, 3] (the config's eval `clip_length` and
+`crop_size`, or `--tflite_input_size`) and the seven outputs above, in
+`TFLITE_OUTPUTS` order; `<output_path>.json` records the input shape, that order
+and the quantization (`--tflite_quantization`: none, dynamic_range weights in
+int8, or float16 weights).
 """
 
 import contextlib
+import json
 import os
 from typing import Dict, Iterator
 
@@ -32,7 +41,12 @@ if __name__ == '__main__':
   # before TensorFlow loads so that --help and flag errors answer at once.
   flags.DEFINE_string('config_file', None, 'ExperimentOptions textproto.')
   flags.DEFINE_string('checkpoint_path', None, 'A checkpoint (ckpt-N) or a run directory.')
-  flags.DEFINE_string('output_path', None, 'Where the SavedModel is written.')
+  flags.DEFINE_string('output_path', None, 'Where the SavedModel (or .tflite file) is written.')
+  flags.DEFINE_enum('format', 'saved_model', ['saved_model', 'tflite'], 'What to write.')
+  flags.DEFINE_enum('tflite_quantization', 'none', ['none', 'dynamic_range', 'float16'],
+                    'TFLite weights: float32, int8 (dynamic range) or float16.')
+  flags.DEFINE_list('tflite_input_size', None, 'H,W of the TFLite input; default: the '
+                    'config\'s eval crop_size.')
   flags.mark_flags_as_required(['config_file', 'checkpoint_path', 'output_path'])
   cli.exit_on_help()
   cli.parse_flags_or_exit()
@@ -144,9 +158,79 @@ def export_saved_model(model: keras.Model, post_processor,
   return output_path
 
 
+# The TFLite outputs, in order (the interpreter names them Identity, Identity_1, ...).
+TFLITE_OUTPUTS = (common.PANOPTIC_PRED, common.SEMANTIC_PRED, common.SEGMENT_IDS,
+                  common.SEGMENT_CLASSES, common.SEGMENT_SCORES,
+                  common.PRED_QUERY_EMBEDDINGS, common.SEGMENT_BOXES)
+TFLITE_QUANTIZATIONS = ('none', 'dynamic_range', 'float16')
+
+
+def export_tflite(module: ClipKMaXExportModule, clip_shape, output_path: str,
+                  quantization: str = 'none') -> str:
+  """Writes `module`'s clip function as a TFLite flatbuffer for one clip size.
+
+  Args:
+    module: the export module (model + post-processor).
+    clip_shape: (T, H, W) of the fixed uint8 input.
+    output_path: the .tflite file; `<output_path>.json` describes it.
+    quantization: one of `TFLITE_QUANTIZATIONS`.
+
+  Returns:
+    `output_path`.
+
+  Raises:
+    ValueError: an unknown quantization or a clip shape that is not 3 positive ints.
+  """
+  # Imported here: only this export needs TensorFlow's graph freezing (the
+  # converter keeps resource variables it cannot initialise otherwise).
+  from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import
+  if quantization not in TFLITE_QUANTIZATIONS:
+    raise ValueError(f'tflite quantization must be one of {TFLITE_QUANTIZATIONS}; '
+                     f'got "{quantization}"')
+  clip_shape = tuple(int(d) for d in clip_shape)
+  if len(clip_shape) != 3 or min(clip_shape) < 1:
+    raise ValueError(f'the TFLite clip shape must be (T, H, W) > 0; got {clip_shape}')
+
+  def clip_outputs(clip):
+    outputs = module.segment_clip(clip)
+    return tuple(outputs[name] for name in TFLITE_OUTPUTS)
+
+  function = tf.function(clip_outputs).get_concrete_function(
+      tf.TensorSpec([*clip_shape, 3], tf.uint8, name=common.EXPORT_INPUT_NAME))
+  frozen = convert_to_constants.convert_variables_to_constants_v2(function)
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  if quantization != 'none':
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if quantization == 'float16':
+    converter.target_spec.supported_types = [tf.float16]
+  flatbuffer = converter.convert()
+  directory = os.path.dirname(os.path.abspath(output_path))
+  os.makedirs(directory, exist_ok=True)
+  description = {'input_shape': [*clip_shape, 3], 'input_dtype': 'uint8',
+                 'outputs': list(TFLITE_OUTPUTS), 'quantization': quantization}
+  for path, data, mode in ((output_path, flatbuffer, 'wb'),
+                           (output_path + '.json', json.dumps(description, indent=2), 'w')):
+    with open(path + '.tmp', mode) as f:
+      f.write(data)
+    os.replace(path + '.tmp', path)
+  return output_path
+
+
 def export_from_checkpoint(config: config_pb2.ExperimentOptions, checkpoint_path: str,
-                           output_path: str) -> str:
-  """Builds the model of `config`, restores `checkpoint_path` and exports it."""
+                           output_path: str, export_format: str = 'saved_model',
+                           tflite_quantization: str = 'none',
+                           tflite_input_size=None) -> str:
+  """Builds the model of `config`, restores `checkpoint_path` and exports it.
+
+  Args:
+    config: the run's config.
+    checkpoint_path: a ckpt-N prefix or a run directory.
+    output_path: the SavedModel folder, or the .tflite file.
+    export_format: 'saved_model' or 'tflite'.
+    tflite_quantization: see `export_tflite`.
+    tflite_input_size: (H, W) of the TFLite input; None = the eval crop size.
+  """
   descriptor = dataset_lib.get_dataset_descriptor(config.train_dataset_options.dataset)
   options = config.train_dataset_options
   # The run's dtype policy, as train_and_eval's export; variables are float32
@@ -157,23 +241,39 @@ def export_from_checkpoint(config: config_pb2.ExperimentOptions, checkpoint_path
   # Strict: every model variable must come from the checkpoint (ValueError
   # listing the unmatched ones otherwise).
   checkpoint_utils.restore_checkpoint(model, checkpoint_path)
-  eval_descriptor = dataset_lib.get_dataset_descriptor(config.eval_dataset_options.dataset)
-  return export_saved_model(model, builder.build_post_processor(config, eval_descriptor),
-                            config, output_path)
+  eval_options = config.eval_dataset_options
+  post_processor = builder.build_post_processor(
+      config, dataset_lib.get_dataset_descriptor(eval_options.dataset))
+  if export_format == 'tflite':
+    height, width = tflite_input_size or eval_options.crop_size
+    return export_tflite(ClipKMaXExportModule(model, post_processor),
+                         (eval_options.clip_length, height, width), output_path,
+                         tflite_quantization)
+  return export_saved_model(model, post_processor, config, output_path)
 
 
 def main(argv):
   del argv
-  flag_values = flags.FLAGS
+  f = flags.FLAGS
   with cli.one_line_errors(config_lib.ConfigError, ValueError):
-    config = config_lib.load_experiment_config(flag_values.config_file)
-    checkpoint_utils.resolve_checkpoint_path(flag_values.checkpoint_path)
-    output_parent = os.path.dirname(os.path.abspath(flag_values.output_path))
+    config = config_lib.load_experiment_config(f.config_file)
+    checkpoint_utils.resolve_checkpoint_path(f.checkpoint_path)
+    output_parent = os.path.dirname(os.path.abspath(f.output_path))
     cli.check_writable_dir(output_parent, 'the folder of --output_path')
-    if os.path.isfile(flag_values.output_path):
-      raise cli.UsageError(f'--output_path={flag_values.output_path} is a file')
-    path = export_from_checkpoint(config, flag_values.checkpoint_path, flag_values.output_path)
-  print(f'exported SavedModel to {path}')
+    if f.format == 'saved_model' and os.path.isfile(f.output_path):
+      raise cli.UsageError(f'--output_path={f.output_path} is a file')
+    input_size = None
+    if f.tflite_input_size:
+      try:
+        input_size = tuple(int(v) for v in f.tflite_input_size)
+      except ValueError:
+        input_size = ()
+      if len(input_size) != 2 or min(input_size) < 1:
+        raise cli.UsageError('--tflite_input_size must be two positive integers H,W; '
+                             f'got {",".join(f.tflite_input_size)}')
+    path = export_from_checkpoint(config, f.checkpoint_path, f.output_path, f.format,
+                                  f.tflite_quantization, input_size)
+  print(f'exported {"TFLite model" if f.format == "tflite" else "SavedModel"} to {path}')
 
 
 if __name__ == '__main__':
