@@ -20,14 +20,21 @@ import tensorflow as tf
 _STEP = re.compile(r'-(\d+)$')
 
 
-def _warn(message: str) -> None:
+def warn(message: str) -> None:
+  """One `warning: ...` line on stderr."""
   print(f'warning: {message}', file=sys.stderr)
+
+
+def unreadable(path: str, error: Exception) -> str:
+  """'skipped checkpoint <path>: it does not read (<reason>)', on one line."""
+  reason = ' '.join(str(error).split()) or type(error).__name__
+  return f'skipped checkpoint {path}: it does not read ({reason})'
 
 
 class RunCheckpointManager(tf.train.CheckpointManager):
   """See the module docstring; otherwise a `tf.train.CheckpointManager`."""
 
-  def __init__(self, *args, warn_fn: Callable[[str], None] = _warn, **kwargs):
+  def __init__(self, *args, warn_fn: Callable[[str], None] = warn, **kwargs):
     super().__init__(*args, **kwargs)
     self._warn_fn = warn_fn
     self._saved_step: Optional[int] = None
@@ -66,9 +73,7 @@ class RunCheckpointManager(tf.train.CheckpointManager):
       try:
         status = self._checkpoint.restore(path)
       except (tf.errors.OpError, ValueError) as e:
-        reason = ' '.join(str(e).split()) or type(e).__name__
-        self._warn_fn(f'skipped checkpoint {path}: it does not read ({reason}); '
-                      'trying the one before')
+        self._warn_fn(f'{unreadable(path, e)}; trying the one before')
         skipped.append(path)
         continue
       if expect_partial:

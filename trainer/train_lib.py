@@ -488,11 +488,20 @@ def _restore_chief_fn(checkpoint: tf.train.Checkpoint, run_dir: str,
   return restore
 
 
-def _continuous_eval(controller, experiment, manager, total_steps):
-  """Evaluates each new checkpoint until the last step's or the timeout."""
+def _continuous_eval(controller, experiment, manager, total_steps,
+                     warn_fn=checkpoints.warn):
+  """Evaluates each new checkpoint until the last step's or the timeout.
+
+  A checkpoint that does not read is skipped with one warning; the job waits
+  for the next one instead of dying overnight.
+  """
   timeout = experiment.config.evaluator_options.continuous_eval_timeout
   for path in tf.train.checkpoints_iterator(experiment.run_dir, timeout=timeout):
-    manager.checkpoint.restore(path).expect_partial()
+    try:
+      manager.checkpoint.restore(path).expect_partial()
+    except (tf.errors.OpError, ValueError) as e:
+      warn_fn(f'{checkpoints.unreadable(path, e)}; waiting for the next one')
+      continue
     yield controller.evaluate(steps=-1)
     if int(experiment.global_step.numpy()) >= total_steps:
       return

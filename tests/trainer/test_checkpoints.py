@@ -1,6 +1,7 @@
 """The run's checkpoint manager: step-multiple saves, resume past a truncated file."""
 
 import os
+import types
 
 import pytest
 import tensorflow as tf
@@ -112,3 +113,33 @@ def test_training_resumes_from_the_checkpoint_before_a_truncated_newest(tmp_path
   assert [l.split('/')[0] for l in lines if l.startswith('step ')] == ['step 4', 'step 6']
   reader = tf.train.load_checkpoint(str(run_dir / 'ckpt-6'))
   assert reader.get_tensor('global_step/.ATTRIBUTES/VARIABLE_VALUE') == 6
+
+
+def test_continuous_eval_skips_a_checkpoint_that_does_not_read(tmp_path):
+  step, value = tf.Variable(0, dtype=tf.int64), tf.Variable(0.0)
+  manager = _manager(tmp_path, step, value)
+  for end in (20, 40, 60):
+    step.assign(end)
+    value.assign(float(end))
+    manager.save(checkpoint_number=end)
+  _truncate(manager.latest_checkpoint)  # The newest, ckpt-60, is what the iterator yields.
+  step.assign(0)
+  evaluated, warnings = [], []
+
+  class Controller:  # Records which weights each evaluation saw.
+    def evaluate(self, steps):
+      del steps
+      evaluated.append(float(value.numpy()))
+      return {'value': evaluated[-1]}
+
+  options = types.SimpleNamespace(continuous_eval_timeout=1)  # Seconds to wait for more.
+  experiment = types.SimpleNamespace(
+      run_dir=str(tmp_path), global_step=step,
+      config=types.SimpleNamespace(evaluator_options=options))
+  results = list(train_lib._continuous_eval(  # pylint: disable=protected-access
+      Controller(), experiment, manager, total_steps=60, warn_fn=warnings.append))
+  # No crash (it used to raise DataLossError), and nothing was evaluated on bad weights.
+  assert results == [] and evaluated == []
+  assert len(warnings) == 1
+  assert warnings[0].startswith(f'skipped checkpoint {tmp_path}/ckpt-60: it does not read')
+  assert warnings[0].endswith('waiting for the next one')
