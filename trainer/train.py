@@ -45,35 +45,23 @@ def main(argv):
   # Orbit prints its progress and results itself; its INFO log repeats them.
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  try:
+  with cli.one_line_errors(config_lib.ConfigError, cli.UsageError, exit_code=2):
     config = config_lib.load_experiment_config(_CONFIG_FILE.value)
-  except config_lib.ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  try:
     cli.check_writable_dir(_MODEL_DIR.value, '--model_dir')
-  except cli.UsageError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
   # Imported after the config and folders are known good: TensorFlow takes
   # seconds to load. Its C++ start-up chatter would hide the progress lines.
   cli.quiet_tensorflow()
   cli.initialise_devices()
   from deeplab2_vkmax.trainer import train_lib  # pylint: disable=g-import-not-at-top
   try:
-    strategy = train_lib.create_strategy(_NUM_GPUS.value, _MASTER.value)
-    train_lib.run_experiment(_MODE.value, config, _MODEL_DIR.value, strategy=strategy)
+    # Bad data, a missing checkpoint, an unmatched file pattern: one line.
+    with cli.one_line_errors(ValueError, FileNotFoundError):
+      strategy = train_lib.create_strategy(_NUM_GPUS.value, _MASTER.value)
+      train_lib.run_experiment(_MODE.value, config, _MODEL_DIR.value, strategy=strategy)
   except train_lib.Preempted as e:
     # The checkpoint is saved and the line printed; a non-zero code makes a
     # scheduler restart the job, which resumes from that checkpoint.
     return e.exit_code
-  except (ValueError, FileNotFoundError) as e:
-    # Bad data, a missing checkpoint, an unmatched file pattern: one line. Set
-    # VKMAX_TRACEBACK=1 to see where it was raised.
-    if os.environ.get('VKMAX_TRACEBACK'):
-      raise
-    print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
-    return 1
   return 0
 
 
