@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence
 _HELP_FLAGS = ('--help', '-h', '-?', '--helpshort', '--helpfull')
 # TensorFlow logs this at ERROR level on every machine without a CUDA driver.
 _NO_GPU_LINE = 'failed call to cuInit'
+_devices_initialised = False
 
 
 class UsageError(ValueError):
@@ -69,8 +70,12 @@ def initialise_devices() -> None:
   absl's app.run, already while it is imported) and, without a driver, prints
   an ERROR line that alarms users of CPU-only machines. The import's and the
   probe's output is captured and replayed minus that line; every other line
-  (a real driver problem, for one) still reaches stderr.
+  (a real driver problem, for one) still reaches stderr. Once per process.
   """
+  global _devices_initialised
+  if _devices_initialised:
+    return
+  _devices_initialised = True
   with tempfile.TemporaryFile() as captured:
     sys.stderr.flush()
     saved = os.dup(2)

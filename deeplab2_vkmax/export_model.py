@@ -35,6 +35,9 @@ from absl import flags
 
 from deeplab2_vkmax import cli
 
+EXPORT_FORMATS = ('saved_model', 'tflite')
+TFLITE_QUANTIZATIONS = ('none', 'dynamic_range', 'float16')
+
 if __name__ == '__main__':
   # Defined only when run as a program, so importing this module (as
   # trainer/train.py does) never clashes with the importer's flags; defined
@@ -42,8 +45,8 @@ if __name__ == '__main__':
   flags.DEFINE_string('config_file', None, 'ExperimentOptions textproto.')
   flags.DEFINE_string('checkpoint_path', None, 'A checkpoint (ckpt-N) or a run directory.')
   flags.DEFINE_string('output_path', None, 'Where the SavedModel (or .tflite file) is written.')
-  flags.DEFINE_enum('format', 'saved_model', ['saved_model', 'tflite'], 'What to write.')
-  flags.DEFINE_enum('tflite_quantization', 'none', ['none', 'dynamic_range', 'float16'],
+  flags.DEFINE_enum('format', 'saved_model', EXPORT_FORMATS, 'What to write.')
+  flags.DEFINE_enum('tflite_quantization', 'none', TFLITE_QUANTIZATIONS,
                     'TFLite weights: float32, int8 (dynamic range) or float16.')
   flags.DEFINE_list('tflite_input_size', None, 'H,W of the TFLite input; default: the '
                     'config\'s eval crop_size.')
@@ -162,7 +165,6 @@ def export_saved_model(model: keras.Model, post_processor,
 TFLITE_OUTPUTS = (common.PANOPTIC_PRED, common.SEMANTIC_PRED, common.SEGMENT_IDS,
                   common.SEGMENT_CLASSES, common.SEGMENT_SCORES,
                   common.PRED_QUERY_EMBEDDINGS, common.SEGMENT_BOXES)
-TFLITE_QUANTIZATIONS = ('none', 'dynamic_range', 'float16')
 
 
 def export_tflite(module: ClipKMaXExportModule, clip_shape, output_path: str,
@@ -227,10 +229,12 @@ def export_from_checkpoint(config: config_pb2.ExperimentOptions, checkpoint_path
     config: the run's config.
     checkpoint_path: a ckpt-N prefix or a run directory.
     output_path: the SavedModel folder, or the .tflite file.
-    export_format: 'saved_model' or 'tflite'.
+    export_format: one of `EXPORT_FORMATS`.
     tflite_quantization: see `export_tflite`.
     tflite_input_size: (H, W) of the TFLite input; None = the eval crop size.
   """
+  if export_format not in EXPORT_FORMATS:  # Before the model is built.
+    raise ValueError(f'export format must be one of {EXPORT_FORMATS}; got "{export_format}"')
   descriptor = dataset_lib.get_dataset_descriptor(config.train_dataset_options.dataset)
   options = config.train_dataset_options
   # The run's dtype policy, as train_and_eval's export; variables are float32

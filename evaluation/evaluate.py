@@ -388,7 +388,7 @@ def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  try:
+  with cli.one_line_errors(config_lib.ConfigError, ValueError):
     run_evaluation(
         saved_model=f.saved_model, dataset=f.dataset, file_pattern=f.file_pattern,
         output_dir=f.output_dir, clip_length=f.clip_length, config_file=f.config_file,
@@ -397,8 +397,6 @@ def main(argv):
         vpq_windows=parse_vpq_windows(f.vpq_windows) if f.vpq_windows else None,
         save_predictions=f.save_predictions or None,
         max_num_sequences=f.max_num_sequences)
-  except (config_lib.ConfigError, ValueError) as e:
-    raise SystemExit(f'error: {e}') from None
 
 
 if __name__ == '__main__':

@@ -233,18 +233,15 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
   disagree with itself (old overlays, new segments.jsonl).
 
   Raises:
-    InputError: a non-empty folder without `overwrite`, or a path that is a file.
+    InputError: a non-empty folder without `overwrite`, or a path that is a file
+      or not writable.
   """
-  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-    raise InputError(f'{output_dir}: --output_dir is a file, not a folder')
-  if not os.path.isdir(output_dir) or not os.listdir(output_dir):
-    try:  # Before the model loads: a typo costs a second, not a minute.
-      cli.check_writable_dir(output_dir, '--output_dir')
-    except cli.UsageError as e:
-      raise InputError(str(e)) from None
+  try:  # Before the model loads: a typo costs a second, not a minute.
+    cli.check_writable_dir(output_dir, '--output_dir')
+  except cli.UsageError as e:
+    raise InputError(str(e)) from None
+  if not os.listdir(output_dir):
     return
-  if not os.access(output_dir, os.W_OK | os.X_OK):
-    raise InputError(f'{output_dir}: --output_dir is not writable')
   if not overwrite:
     raise InputError(f'{output_dir}: --output_dir is not empty; pass --overwrite to '
                      'replace the outputs of an earlier vkmax-predict run')
@@ -345,10 +342,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   """Console-script entry point (`vkmax-predict`)."""
   args = _parse_args(argv)
   from deeplab2_vkmax import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
-  try:
+  with cli.one_line_errors(InputError, predictor_lib.PredictorError):
     run(args)
-  except (InputError, predictor_lib.PredictorError) as e:
-    raise SystemExit(f'error: {e}') from None
 
 
 if __name__ == '__main__':

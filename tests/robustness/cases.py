@@ -282,7 +282,7 @@ CASES: List[Case] = [
          r'^error: .*frame10\.png: frame size 9x8 \(HxW\) differs from the first frame',
          lambda d: _frames(d, [(8, 8)] * 10 + [(9, 8)])),
     Case('predict_output_is_file', PREDICT, '`--output_dir` that is a file', list(_PREDICT), 1,
-         r'^error: .*out: --output_dir is a file',
+         r'^error: --output_dir=.*out is a file, not a folder',
          _both(lambda d: _frames(d, [(8, 8)]), _file('out'))),
     Case('predict_output_not_empty', PREDICT, 'a non-empty `--output_dir` without `--overwrite`',
          list(_PREDICT), 1, r'^error: .*out: --output_dir is not empty; pass --overwrite',
