@@ -21,10 +21,12 @@ numpy script (DeepLab2 `evaluation/numpy/segmentation_and_tracking_quality.py`):
   `AQ = sum_seq AQ_seq_sum / total number of GT tracks` (track-weighted);
   `AQ_per_seq = AQ_seq_sum / tracks in that sequence`.
 
-State per sequence: a confusion matrix (`np.bincount` on `gt * S + pred`) and three
-sparse histograms kept as sorted (key, count) arrays (GT ids, predicted ids,
-`gt * offset + pred` pairs), merged with `np.unique`. No Python loop touches pixels
-or id pairs.
+Per frame, one bincount over the pixels counts every (ground-truth id, predicted
+id) pair (`_JointCounter`: id -> index tables kept across frames, so no sort);
+everything else (confusion matrix, areas, intersections) is summed from those few
+pairs. State per sequence: the confusion matrix and three sparse histograms kept
+as sorted (key, count) arrays, merged with `np.unique`. All sums are integers and
+the scores float64. No Python loop touches pixels or id pairs.
 """
 
 import collections
@@ -35,11 +37,6 @@ import numpy as np
 from deeplab2_vkmax.evaluation import metric_checks
 
 _EPSILON = 1e-15
-
-
-def _histogram(values: np.ndarray):
-  """(sorted distinct values, counts) of an int64 array."""
-  return np.unique(values, return_counts=True)
 
 
 def _merge_histograms(a, b):
@@ -55,6 +52,145 @@ def _merge_histograms(a, b):
 def _lookup(histogram, keys: np.ndarray) -> np.ndarray:
   """Counts of `keys` (all present) in a (keys, counts) histogram."""
   return histogram[1][np.searchsorted(histogram[0], keys)]
+
+
+# Panoptic ids below this bound get a dense id -> index table (a gather per
+# frame, linear in pixels); a frame with a larger id is counted with np.unique.
+_DENSE_ID_LIMIT = 1 << 22
+_UNKNOWN = -(1 << 62)  # Table entry of an id not seen yet: makes any pair key < 0.
+_MIN_JOINT_BINS = 1 << 16  # Joint tables up to max(this, pixels) bins stay dense.
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+  """Sorted distinct values of a non-negative int64 array."""
+  if values.size and int(values.max()) < _DENSE_ID_LIMIT:
+    return np.flatnonzero(np.bincount(values))
+  return np.unique(values)
+
+
+class _IdTable:
+  """Panoptic id -> `index * scale`, remembered from frame to frame.
+
+  The last entry is always unknown: a gather with mode='clip' sends every id
+  past the table there, so one gather finds both new ids and ids beyond it.
+  """
+
+  def __init__(self):
+    self.ids = np.zeros(0, np.int64)
+    self.scale = 1
+    self._table = np.full(1, _UNKNOWN, np.int64)
+
+  def gather(self, values: np.ndarray) -> np.ndarray:
+    return np.take(self._table, values, mode='clip')
+
+  def unknown(self, values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values not in the table."""
+    return _distinct(values[self.gather(values) < 0])
+
+  def add(self, new: np.ndarray) -> None:
+    if len(new) and new[-1] + 1 >= self._table.size:
+      size = min(max(new[-1] + 2, 2 * self._table.size), _DENSE_ID_LIMIT + 1)
+      grown = np.full(size, _UNKNOWN, np.int64)
+      grown[:self._table.size - 1] = self._table[:-1]
+      self._table = grown
+    self._table[new] = np.arange(len(self.ids), len(self.ids) + len(new)) * self.scale
+    self.ids = np.concatenate([self.ids, new])
+
+  def rescale(self, scale: int) -> None:
+    known = self._table >= 0
+    self._table[known] = self._table[known] // self.scale * scale
+    self.scale = scale
+
+
+class _JointCounter:
+  """Pixel counts of (ground-truth id, predicted id) pairs, frame after frame.
+
+  Ids repeat across the frames of a video, so the two id -> index tables are
+  kept between frames and a frame costs two gathers, an add and one bincount
+  over its pixels: no sort. The ground-truth table stores `index * P`, P a power
+  of two above the number of predicted ids, so `gather(gt) + gather(pred)` is the
+  pair's bin. The tables start over when the remembered ids would make more bins
+  than a frame has pixels; ids too large for a table fall back to np.unique.
+  """
+
+  def __init__(self):
+    self._reset()
+
+  def _reset(self) -> None:
+    self._gt, self._pred = _IdTable(), _IdTable()
+
+  def count(self, y_true: np.ndarray, y_pred: np.ndarray, check):
+    """(gt ids, predicted ids, pair gt index, pair predicted index, pair count).
+
+    Args:
+      y_true, y_pred: flat non-negative int64 panoptic ids.
+      check: `check(new gt ids, new predicted ids)`, called before they are
+        remembered; may raise.
+    """
+    key = self._gt.gather(y_true)
+    key += self._pred.gather(y_pred)
+    if key.size and int(key.min()) < 0:
+      if not self._learn(y_true, y_pred, check):
+        return _sparse_pair_counts(y_true, y_pred)
+      key = self._gt.gather(y_true)
+      key += self._pred.gather(y_pred)
+    stride = self._gt.scale
+    joint = np.bincount(key, minlength=len(self._gt.ids) * stride)
+    keys = np.flatnonzero(joint)
+    return (self._gt.ids, self._pred.ids, keys // stride, keys % stride,
+            joint[keys].astype(np.int64))
+
+  def _learn(self, y_true, y_pred, check) -> bool:
+    """Adds a frame's new ids; False if the frame needs the sparse path."""
+    new_gt, new_pred = self._gt.unknown(y_true), self._pred.unknown(y_pred)
+    check(new_gt, new_pred)
+    if max(new_gt[-1:].max(initial=0), new_pred[-1:].max(initial=0)) >= _DENSE_ID_LIMIT:
+      return False
+    num_bins = lambda: (len(self._gt.ids) + len(new_gt)) * _power_of_two_above(
+        len(self._pred.ids) + len(new_pred))
+    max_bins = max(y_true.size, _MIN_JOINT_BINS)
+    if num_bins() > max_bins:
+      self._reset()  # The remembered ids outgrew a frame: start over from this one.
+      new_gt, new_pred = _distinct(y_true), _distinct(y_pred)
+      if num_bins() > max_bins:
+        return False
+    self._pred.add(new_pred)
+    self._gt.rescale(_power_of_two_above(len(self._pred.ids)))
+    self._gt.add(new_gt)
+    return True
+
+
+def _power_of_two_above(n: int) -> int:
+  return 1 << max(int(n).bit_length(), 4)
+
+
+def _sparse_pair_counts(y_true: np.ndarray, y_pred: np.ndarray):
+  """_JointCounter.count's result by sorting: for very large or many ids."""
+  gt_ids, gt_index = np.unique(y_true, return_inverse=True)
+  pred_ids, pred_index = np.unique(y_pred, return_inverse=True)
+  keys, counts = np.unique(gt_index.reshape(-1) * len(pred_ids) + pred_index.reshape(-1),
+                           return_counts=True)
+  return (gt_ids, pred_ids, keys // len(pred_ids), keys % len(pred_ids),
+          counts.astype(np.int64))
+
+
+def _sum_by(index: np.ndarray, counts: np.ndarray, length: int) -> np.ndarray:
+  """int64 [length]: `counts` summed by `index` (exact: float64 holds 2**53)."""
+  return np.bincount(index, weights=counts, minlength=length).astype(np.int64)
+
+
+def _as_ids(values: np.ndarray, name: str) -> np.ndarray:
+  """Flat int64 panoptic ids; negative ids are refused."""
+  values = values.reshape(-1)
+  if values.dtype.kind != 'u' and values.size and values.min() < 0:
+    raise ValueError(f'{name} holds negative panoptic ids (minimum {values.min()}).')
+  return values.astype(np.int64, copy=False)
+
+
+def _drop_empty(keys: np.ndarray, counts: np.ndarray):
+  """A (keys, counts) histogram without the zero counts."""
+  kept = counts > 0
+  return keys[kept], counts[kept].astype(np.int64)
 
 
 class _SequenceState:
@@ -137,6 +273,7 @@ class STQuality:
     self._is_thing_lut[self._things_list] = True
     self._sequences: 'collections.OrderedDict[Hashable, _SequenceState]' = (
         collections.OrderedDict())
+    self._joint = _JointCounter()
 
   def reset_states(self) -> None:
     """Forgets every accumulated sequence."""
@@ -152,6 +289,10 @@ class STQuality:
                        f'{self._ignore_label}: received range [{semantic.min()}, '
                        f'{semantic.max()}].')
     return semantic
+
+  def _check_new_ids(self, new_gt: np.ndarray, new_pred: np.ndarray) -> None:
+    self._semantic_index(new_gt // self._label_divisor, 'y_true')
+    self._semantic_index(new_pred // self._label_divisor, 'y_pred')
 
   def update_state(self, y_true: np.ndarray, y_pred: np.ndarray,
                    sequence_id: Hashable = 0) -> None:
@@ -172,36 +313,46 @@ class STQuality:
       raise ValueError(f'y_true and y_pred must both be [H, W] or [T, H, W]; '
                        f'received {y_true.shape} and {y_pred.shape}.')
     num_frames = 1 if y_true.ndim == 2 else y_true.shape[0]
-    y_true = y_true.reshape(-1).astype(np.int64)
-    y_pred = y_pred.reshape(-1).astype(np.int64)
-    semantic_true = self._semantic_index(y_true // self._label_divisor, 'y_true')
-    semantic_pred = self._semantic_index(y_pred // self._label_divisor, 'y_pred')
+    y_true = _as_ids(y_true, 'y_true')
+    y_pred = _as_ids(y_pred, 'y_pred')
+    gt_ids, pred_ids, pair_gt, pair_pred, count = self._joint.count(
+        y_true, y_pred, self._check_new_ids)
+    semantic_true = self._semantic_index(gt_ids // self._label_divisor, 'y_true')
+    semantic_pred = self._semantic_index(pred_ids // self._label_divisor, 'y_pred')
 
     state = self._sequences.get(sequence_id)
     if state is None:
       state = _SequenceState(self._confusion_size)
       self._sequences[sequence_id] = state
       if self._vipseg_first_segment_crowd:
-        first_frame = y_true[:y_true.size // num_frames]
+        first_frame = np.unique(y_true[:y_true.size // num_frames])
         valid = first_frame[first_frame // self._label_divisor != self._ignore_label]
         state.crowd_track_id = int(valid.min()) if valid.size else -1
     state.length += num_frames
 
+    # Every statistic below is a sum over the (gt id, predicted id, pixel count)
+    # triples: after the joint count no work is per pixel.
     size = self._confusion_size
-    state.confusion += np.bincount(semantic_true * size + semantic_pred,
-                                   minlength=size * size).reshape(size, size)
+    state.confusion += _sum_by(semantic_true[pair_gt] * size + semantic_pred[pair_pred],
+                               count, size * size).reshape(size, size)
 
     gt_thing = self._is_thing_lut[semantic_true]
-    is_crowd = gt_thing & (y_true % self._label_divisor == 0)
+    is_crowd = gt_thing & (gt_ids % self._label_divisor == 0)
     if state.crowd_track_id is not None and state.crowd_track_id >= 0:
-      is_crowd |= gt_thing & (y_true == state.crowd_track_id)
-    gt_mask = gt_thing & ~is_crowd
-    pred_mask = self._is_thing_lut[semantic_pred] & ~is_crowd
-    both = gt_mask & pred_mask
-    state.gt_areas = _merge_histograms(state.gt_areas, _histogram(y_true[gt_mask]))
-    state.pred_areas = _merge_histograms(state.pred_areas, _histogram(y_pred[pred_mask]))
-    state.intersections = _merge_histograms(
-        state.intersections, _histogram(y_true[both] * self._offset + y_pred[both]))
+      is_crowd |= gt_thing & (gt_ids == state.crowd_track_id)
+    gt_track = gt_thing & ~is_crowd
+    pred_thing = self._is_thing_lut[semantic_pred]
+    # Predicted areas count every pixel whose GT is not crowd, wherever the GT is.
+    counted = ~is_crowd[pair_gt] & pred_thing[pair_pred]
+    pred_area = _sum_by(pair_pred[counted], count[counted], len(pred_ids))
+    gt_area = _sum_by(pair_gt, count, len(gt_ids))
+    both = gt_track[pair_gt] & pred_thing[pair_pred]
+    state.gt_areas = _merge_histograms(
+        state.gt_areas, _drop_empty(gt_ids[gt_track], gt_area[gt_track]))
+    state.pred_areas = _merge_histograms(
+        state.pred_areas, _drop_empty(pred_ids[pred_thing], pred_area[pred_thing]))
+    state.intersections = _merge_histograms(state.intersections, (
+        gt_ids[pair_gt[both]] * self._offset + pred_ids[pair_pred[both]], count[both]))
 
   def merge_state(self, others: Iterable['STQuality']) -> None:
     """Adds the states of other STQuality objects (e.g. from parallel workers).

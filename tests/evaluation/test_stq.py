@@ -198,6 +198,62 @@ def test_matches_loop_reference_on_random_sequences():
   assert result['IoU'] == pytest.approx(iou, abs=1e-12)
 
 
+def _sliding_id_sequence(rng, frames=8, size=(9, 11)):
+  """Thing ids drawn from windows that slide with time: new ids every frame."""
+  gt, pred = [], []
+  for t in range(frames):
+    gt_ids = np.concatenate([[0, 2000, 1000, IGNORE * DIVISOR],
+                             1000 + np.arange(1 + 3 * t, 7 + 3 * t)])
+    pred_ids = np.concatenate([[0, 2000], 1000 + np.arange(1 + 4 * t, 9 + 4 * t)])
+    gt.append(rng.choice(gt_ids, size=size))
+    pred.append(rng.choice(pred_ids, size=size))
+  return np.stack(gt), np.stack(pred)
+
+
+@pytest.mark.parametrize('path', ['dense', 'restart', 'sparse'])
+def test_every_counting_path_matches_loop_reference(path, monkeypatch):
+  # dense: id tables kept across frames; restart: they outgrow the frame and
+  # start over (a frame of 99 pixels fits 200 bins, eight frames of new ids do
+  # not); sparse: ids too large for a table, counted by sorting.
+  calls = {'restart': 0, 'sparse': 0}
+  reset, sparse = stq._JointCounter._reset, stq._sparse_pair_counts
+  def counted_reset(self):
+    calls['restart'] += 1
+    reset(self)
+  def counted_sparse(*args):
+    calls['sparse'] += 1
+    return sparse(*args)
+  monkeypatch.setattr(stq._JointCounter, '_reset', counted_reset)
+  monkeypatch.setattr(stq, '_sparse_pair_counts', counted_sparse)
+  if path == 'restart':
+    monkeypatch.setattr(stq, '_MIN_JOINT_BINS', 200)
+  if path == 'sparse':
+    monkeypatch.setattr(stq, '_DENSE_ID_LIMIT', 1000)
+  rng = np.random.default_rng(7)
+  sequences = [_sliding_id_sequence(rng) for _ in range(2)]
+  metric = _metric()
+  for k, (gt, pred) in enumerate(sequences):
+    for t in range(len(gt)):
+      metric.update_state(gt[t], pred[t], k)
+  assert (calls['restart'] > 1) == (path == 'restart')  # 1: the constructor's.
+  assert (calls['sparse'] > 0) == (path == 'sparse')
+  aq, iou = _loop_reference(sequences)
+  result = metric.result()
+  assert result['AQ'] == pytest.approx(aq, abs=1e-12)
+  assert result['IoU'] == pytest.approx(iou, abs=1e-12)
+
+
+def test_input_types_and_negative_ids():
+  gt = np.array([[1001, 1001, 0, 2000]])
+  pred = np.array([[1005, 1005, 0, 2000]])
+  expected = _result(gt, pred)
+  for dtype in (np.int32, np.uint32, np.uint16, np.float64):
+    got = _result(gt.astype(dtype), pred.astype(dtype))
+    assert (got['AQ'], got['IoU']) == (expected['AQ'], expected['IoU']), dtype
+  with pytest.raises(ValueError, match=r'y_pred holds negative panoptic ids \(minimum -3\)'):
+    _metric().update_state(gt, np.array([[1005, -3, 0, 2000]]))
+
+
 def test_association_per_track_terms_average_to_aq():
   # Track 1001 keeps one id (AQ 1); track 1002 switches id halfway (AQ 0.5, as
   # in test_id_switch); sequence 'b' has one track never predicted (AQ 0).
