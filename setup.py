@@ -78,6 +78,7 @@ setuptools.setup(
         'protobuf>=7.35.1,<8',
         'grpcio-tools==1.85.1',
         'tqdm',
+        'ai-edge-litert',  # The TFLite interpreter (vkmax-predict --tflite).
         'opencv-python-headless',
     ],
     extras_require={'test': ['pytest>=7']},

@@ -29,7 +29,7 @@ int8, or float16 weights).
 import contextlib
 import json
 import os
-from typing import Dict, Iterator
+from typing import Dict, Iterator, Optional
 
 from absl import flags
 
@@ -168,7 +168,8 @@ TFLITE_OUTPUTS = (common.PANOPTIC_PRED, common.SEMANTIC_PRED, common.SEGMENT_IDS
 
 
 def export_tflite(module: ClipKMaXExportModule, clip_shape, output_path: str,
-                  quantization: str = 'none') -> str:
+                  quantization: str = 'none',
+                  config: Optional[config_pb2.ExperimentOptions] = None) -> str:
   """Writes `module`'s clip function as a TFLite flatbuffer for one clip size.
 
   Args:
@@ -176,6 +177,8 @@ def export_tflite(module: ClipKMaXExportModule, clip_shape, output_path: str,
     clip_shape: (T, H, W) of the fixed uint8 input.
     output_path: the .tflite file; `<output_path>.json` describes it.
     quantization: one of `TFLITE_QUANTIZATIONS`.
+    config: the run's config, stored in `<output_path>.json` so that
+      `Predictor` and `vkmax-predict --tflite` need nothing else.
 
   Returns:
     `output_path`.
@@ -211,6 +214,8 @@ def export_tflite(module: ClipKMaXExportModule, clip_shape, output_path: str,
   os.makedirs(directory, exist_ok=True)
   description = {'input_shape': [*clip_shape, 3], 'input_dtype': 'uint8',
                  'outputs': list(TFLITE_OUTPUTS), 'quantization': quantization}
+  if config is not None:
+    description['config'] = str(config)
   for path, data, mode in ((output_path, flatbuffer, 'wb'),
                            (output_path + '.json', json.dumps(description, indent=2), 'w')):
     with open(path + '.tmp', mode) as f:
@@ -252,7 +257,7 @@ def export_from_checkpoint(config: config_pb2.ExperimentOptions, checkpoint_path
     height, width = tflite_input_size or eval_options.crop_size
     return export_tflite(ClipKMaXExportModule(model, post_processor),
                          (eval_options.clip_length, height, width), output_path,
-                         tflite_quantization)
+                         tflite_quantization, config)
   return export_saved_model(model, post_processor, config, output_path)
 
 

@@ -8,6 +8,10 @@ library's cross-clip associater (video stitching + HiLA-MB, paper Sec. 3.2):
       the first clip emits T frames, every later clip its last T - 1.
   online (T = 1): one frame per clip (the SavedModel's `serving_frame`).
 
+A TFLite model written by `export_model --format=tflite` runs the same way on
+the LiteRT interpreter (XNNPACK); its clip length and frame size are fixed at
+export, so T (and online vs near-online) follows from the model.
+
 Only the current clip's frames are held, so memory stays flat on videos of any
 length. A last, short clip is padded by repeating its last frame; the padded
 frames are never emitted.
@@ -19,6 +23,7 @@ frames are never emitted.
 
 import copy
 import dataclasses
+import json
 import os
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
@@ -67,9 +72,36 @@ def is_saved_model_dir(path: str) -> bool:
   return os.path.isfile(os.path.join(path, 'saved_model.pb'))
 
 
+def is_tflite_file(path: str) -> bool:
+  """Whether `path` is a TFLite flatbuffer file (by its extension)."""
+  return path.endswith('.tflite') and os.path.isfile(path)
+
+
 def _load_config(path: str) -> config_pb2.ExperimentOptions:
   try:
     return config_lib.load_experiment_config(path)
+  except config_lib.ConfigError as e:
+    raise PredictorError(str(e)) from None
+
+
+def _tflite_description(path: str) -> Dict[str, Any]:
+  """The `<path>.json` export_model writes beside a TFLite model."""
+  try:
+    with open(path + '.json', encoding='utf-8') as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise PredictorError(f'{path}: no {os.path.basename(path)}.json beside the TFLite model '
+                         '(export_model --format=tflite writes it)') from None
+  except (OSError, ValueError) as e:
+    raise PredictorError(f'{path}.json: cannot read: {e}') from None
+
+
+def _tflite_config(path: str) -> config_pb2.ExperimentOptions:
+  text = _tflite_description(path).get('config')
+  if text is None:
+    raise PredictorError(f'{path}.json: holds no config; pass a config file')
+  try:
+    return config_lib.parse_experiment_config(text, path + '.json')
   except config_lib.ConfigError as e:
     raise PredictorError(str(e)) from None
 
@@ -78,28 +110,42 @@ class Predictor:
   """Segments and tracks videos with a clip-kMaX SavedModel or checkpoint."""
 
   def __init__(self, saved_model_or_checkpoint: str, *, config_file: Optional[str] = None,
-               mode: str = 'near_online', clip_length: Optional[int] = None):
+               mode: Optional[str] = None, clip_length: Optional[int] = None):
     """Loads the model.
 
     Args:
       saved_model_or_checkpoint: An exported SavedModel directory (its
         `config.textproto` supplies data set, clip length and association
-        options), or a checkpoint (`ckpt-N` prefix or a run directory; then
-        `config_file` is required).
-      config_file: ExperimentOptions textproto; overrides the SavedModel's own.
-      mode: 'near_online' (clips of T >= 2 sharing one frame) or 'online' (T = 1).
+        options), a `.tflite` file from `export_model --format=tflite` (its
+        `.tflite.json` description holds the config), or a checkpoint
+        (`ckpt-N` prefix or a run directory; then `config_file` is required).
+      config_file: ExperimentOptions textproto; overrides the export's own.
+      mode: 'near_online' (clips of T >= 2 sharing one frame) or 'online' (T = 1);
+        default online if T is 1, near-online otherwise.
       clip_length: T for near-online; default the config's
-        `eval_dataset_options.clip_length` (at least 2).
+        `eval_dataset_options.clip_length` (at least 2); a TFLite model's T is
+        fixed at export.
 
     Raises:
       PredictorError: unknown mode, bad clip length, a path that is neither a
         SavedModel nor a checkpoint, a SavedModel without the clip-kMaX
         signatures, or a bad config.
     """
-    if mode not in MODES:  # Checked again below; fail before a slow load.
+    if mode not in MODES + (None,):  # Checked again below; fail before a slow load.
       raise PredictorError(f'mode must be one of {MODES}; received {mode!r}')
     path = saved_model_or_checkpoint
-    if is_saved_model_dir(path):
+    self.input_size = None  # (H, W) the model requires; None: any.
+    if path.endswith('.tflite') and not os.path.isfile(path):
+      raise PredictorError(f'{path}: no such TFLite file')
+    if is_tflite_file(path):
+      self.config = _load_config(config_file) if config_file else _tflite_config(path)
+      self._descriptor_from_config()
+      self._signatures, (frames, height, width) = self._load_tflite(path)
+      if clip_length not in (None, frames):
+        raise PredictorError(f'{path}: the TFLite model takes clips of {frames} frames '
+                             f'(fixed at export); received clip_length={clip_length}')
+      clip_length, self.input_size = frames, (height, width)
+    elif is_saved_model_dir(path):
       config_path = config_file or os.path.join(path, CONFIG_FILENAME)
       if not os.path.isfile(config_path):
         raise PredictorError(f'{path}: SavedModel has no {CONFIG_FILENAME}; pass a config file')
@@ -118,7 +164,7 @@ class Predictor:
 
   @classmethod
   def from_export_module(cls, module, config: config_pb2.ExperimentOptions, *,
-                         mode: str = 'near_online', clip_length: Optional[int] = None,
+                         mode: Optional[str] = None, clip_length: Optional[int] = None,
                          use_tf_function: bool = True) -> 'Predictor':
     """A predictor on an in-memory model, e.g. right after training.
 
@@ -139,12 +185,13 @@ class Predictor:
     def segment(clip: np.ndarray) -> Dict[str, Any]:
       return {k: v.numpy() for k, v in segment_clip(tf.constant(clip)).items()}
     predictor._module = module  # pylint: disable=protected-access
+    predictor.input_size = None
     predictor._signatures = {'clip': segment, 'frame': segment}  # pylint: disable=protected-access
     predictor.label_divisor = predictor.descriptor.panoptic_label_divisor
     predictor._set_clip_options(mode, clip_length)  # pylint: disable=protected-access
     return predictor
 
-  def with_options(self, *, mode: str = 'near_online',
+  def with_options(self, *, mode: Optional[str] = None,
                    clip_length: Optional[int] = None) -> 'Predictor':
     """A predictor sharing this one's loaded model, with other clip options
     (loading a SavedModel takes seconds; this takes none).
@@ -160,7 +207,9 @@ class Predictor:
     other._set_clip_options(mode, clip_length)  # pylint: disable=protected-access
     return other
 
-  def _set_clip_options(self, mode: str, clip_length: Optional[int]) -> None:
+  def _set_clip_options(self, mode: Optional[str], clip_length: Optional[int]) -> None:
+    if mode is None:
+      mode = 'online' if clip_length == 1 else 'near_online'
     if mode not in MODES:
       raise PredictorError(f'mode must be one of {MODES}; received {mode!r}')
     if mode == 'online':
@@ -211,6 +260,32 @@ class Predictor:
       tensor = tf.constant(clip[0] if single_frame else clip)
       return {k: v.numpy() for k, v in signature(**{common.EXPORT_INPUT_NAME: tensor}).items()}
     return segment
+
+  def _load_tflite(self, path: str):
+    """({'clip': fn([T, H, W, 3])}, (T, H, W)) of a TFLite clip model."""
+    from ai_edge_litert import interpreter as litert  # pylint: disable=g-import-not-at-top
+    try:
+      interpreter = litert.Interpreter(model_path=path, num_threads=os.cpu_count())
+      interpreter.allocate_tensors()
+    except (RuntimeError, ValueError) as e:
+      first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise PredictorError(f'{path}: cannot load TFLite model: {first_line}') from None
+    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    names = _tflite_description(path).get('outputs', [])
+    shape = tuple(int(d) for d in inputs[0]['shape']) if len(inputs) == 1 else ()
+    if (len(shape) != 4 or shape[-1] != 3 or len(outputs) != len(names)
+        or set(_REQUIRED_OUTPUTS) - set(names)):
+      raise PredictorError(f'{path}: not a clip-kMaX TFLite model (input {list(shape)}, '
+                           f'outputs {names}); export one with export_model --format=tflite')
+    input_index = inputs[0]['index']
+    output_indices = [detail['index'] for detail in outputs]
+
+    def segment(clip: np.ndarray) -> Dict[str, Any]:
+      interpreter.set_tensor(input_index, clip)
+      interpreter.invoke()
+      return {name: interpreter.get_tensor(index) for name, index in zip(names, output_indices)}
+    self._interpreter = interpreter
+    return {'clip': segment, 'frame': segment}, shape[:3]
 
   def _build_from_checkpoint(self, path: str) -> Dict[str, Callable[[np.ndarray], Dict[str, Any]]]:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -285,6 +360,12 @@ class Predictor:
       if shape is not None and frame.shape != shape:
         raise PredictorError(f'frame {index}: size {frame.shape[:2]} differs from the '
                              f'first frame {shape[:2]}')
+      if shape is None and self.input_size and frame.shape[:2] != self.input_size:
+        height, width = frame.shape[:2]
+        raise PredictorError(
+            f'frame {index}: size {height}x{width}, but the TFLite model takes '
+            f'{self.input_size[0]}x{self.input_size[1]} frames (fixed at export; export '
+            f'one with --format=tflite --tflite_input_size={height},{width})')
       shape = frame.shape
       clip.append(frame)
       frame_ids.append(index)

@@ -2,6 +2,8 @@ r"""vkmax-predict: video panoptic segmentation with track ids on your own video.
 
   vkmax-predict --input=<video file | frame folder | glob> --saved_model=<dir> \
       --output_dir=<dir> [--mode=near_online|online] [--clip_length=T]
+  vkmax-predict --input=... --tflite=<model.tflite> ...   (export_model --format=tflite;
+                                                          T and frame size fixed at export)
   vkmax-predict --input=... --config_file=<textproto> --checkpoint_path=<ckpt> ...
   python -m deeplab2_vkmax.tools.predict ...   (the same)
 
@@ -52,11 +54,14 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser.add_argument('--input', required=True,
                       help='A video file (mp4/avi/...), a folder of frames or a glob.')
   parser.add_argument('--saved_model', help='An exported SavedModel directory.')
+  parser.add_argument('--tflite', help='A .tflite file from export_model --format=tflite '
+                      '(run on the LiteRT interpreter with XNNPACK).')
   parser.add_argument('--config_file', help='ExperimentOptions textproto (with '
                       '--checkpoint_path, or to override the SavedModel\'s config).')
   parser.add_argument('--checkpoint_path', help='A ckpt-N prefix or a run directory.')
   parser.add_argument('--output_dir', required=True, help='Where outputs are written.')
-  parser.add_argument('--mode', default='near_online', choices=('near_online', 'online'))
+  parser.add_argument('--mode', default=None, choices=('near_online', 'online'),
+                      help='Default: online if T is 1, near-online otherwise.')
   parser.add_argument('--clip_length', type=int, default=None,
                       help='T for near-online (default: the config\'s eval clip_length).')
   parser.add_argument('--fps', type=float, default=None,
@@ -72,8 +77,10 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.error(f'--clip_length must be >= 1, got {args.clip_length}')
   if args.fps is not None and not args.fps > 0:
     parser.error(f'--fps must be > 0, got {args.fps:g}')
-  if bool(args.saved_model) == bool(args.checkpoint_path):
-    parser.error('give exactly one of --saved_model or --checkpoint_path')
+  if sum(bool(m) for m in (args.saved_model, args.tflite, args.checkpoint_path)) != 1:
+    parser.error('give exactly one of --saved_model, --tflite or --checkpoint_path')
+  if args.tflite and not args.tflite.endswith('.tflite'):
+    parser.error(f'--tflite must name a .tflite file, got {args.tflite}')
   if args.checkpoint_path and not args.config_file:
     parser.error('--checkpoint_path needs --config_file')
   return args
@@ -305,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
   cli.initialise_devices()
   from deeplab2_vkmax import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
   predictor = predictor_lib.Predictor(
-      args.saved_model or args.checkpoint_path, config_file=args.config_file,
+      args.saved_model or args.tflite or args.checkpoint_path, config_file=args.config_file,
       mode=args.mode, clip_length=args.clip_length)
   writer = _OutputWriter(args.output_dir, predictor.descriptor,
                          fps=args.fps or video_fps or _DEFAULT_FOLDER_FPS,

@@ -264,9 +264,9 @@ CASES: List[Case] = [
          lambda d: _step_tree(d, frames=(0, 1, 4))),
     # vkmax-predict
     Case('predict_help', PREDICT, '`--help`', ['--help'], 0, r'--input', stdout=True),
-    Case('predict_no_model', PREDICT, 'neither `--saved_model` nor `--checkpoint_path`',
+    Case('predict_no_model', PREDICT, 'none of `--saved_model`, `--tflite`, `--checkpoint_path`',
          ['--input=x.mp4', '--output_dir={dir}/out'], 2,
-         r'give exactly one of --saved_model or --checkpoint_path'),
+         r'give exactly one of --saved_model, --tflite or --checkpoint_path'),
     Case('predict_no_config', PREDICT, '`--checkpoint_path` without `--config_file`',
          ['--input=x.mp4', '--checkpoint_path={dir}', '--output_dir={dir}/out'], 2,
          r'--checkpoint_path needs --config_file'),
@@ -290,6 +290,14 @@ CASES: List[Case] = [
     Case('predict_bad_saved_model', PREDICT, '`--saved_model` that is no SavedModel',
          list(_PREDICT), 1, r'^error: .*model',
          _both(lambda d: _frames(d, [(8, 8)]), lambda d: (d / 'model').mkdir())),
+    Case('predict_missing_tflite', PREDICT, '`--tflite` file that does not exist',
+         ['--input={dir}/frames', '--tflite={dir}/clip.tflite', '--output_dir={dir}/out'], 1,
+         r'^error: .*clip\.tflite: no such TFLite file', lambda d: _frames(d, [(8, 8)])),
+    Case('predict_tflite_no_description', PREDICT,
+         '`--tflite` without the `.tflite.json` export_model writes beside it',
+         ['--input={dir}/frames', '--tflite={dir}/clip.tflite', '--output_dir={dir}/out'], 1,
+         r'^error: .*clip\.tflite: no clip\.tflite\.json beside the TFLite model',
+         _both(lambda d: _frames(d, [(8, 8)]), lambda d: _touch(d / 'clip.tflite', 'x'))),
 ]
 
 

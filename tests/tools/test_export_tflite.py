@@ -19,6 +19,14 @@ def clip():
   return conftest.synthetic_frames(2, 64, 128)
 
 
+@pytest.fixture(scope='module')
+def float32_tflite(tiny_export, tmp_path_factory):
+  """The tiny model as a float32 TFLite file for 2 x 64 x 128 clips, with config."""
+  path = str(tmp_path_factory.mktemp('tflite') / 'clip.tflite')
+  return export_model.export_tflite(tiny_export[1], (2, 64, 128), path,
+                                    config=conftest.tiny_config())
+
+
 def _run_tflite(path, clip):
   interpreter = tf.lite.Interpreter(model_path=path)
   interpreter.allocate_tensors()
@@ -36,15 +44,22 @@ def _run_tflite(path, clip):
     ('none', 0.999),
     pytest.param('float16', 0.99, marks=pytest.mark.slow),
     pytest.param('dynamic_range', 0.9, marks=pytest.mark.slow)])
-def test_tflite_outputs_match_the_saved_model_function(tiny_export, clip, tmp_path,
+def test_tflite_outputs_match_the_saved_model_function(tiny_export, clip, tmp_path, request,
                                                        quantization, min_agreement):
   _, module = tiny_export
-  path = export_model.export_tflite(module, clip.shape[:3], str(tmp_path / 'clip.tflite'),
-                                    quantization)
-  description = json.loads((tmp_path / 'clip.tflite.json').read_text())
+  if quantization == 'none':
+    path = request.getfixturevalue('float32_tflite')
+  else:
+    path = export_model.export_tflite(module, clip.shape[:3], str(tmp_path / 'clip.tflite'),
+                                      quantization)
+  with open(path + '.json', encoding='utf-8') as f:
+    description = json.load(f)
+  config_text = description.pop('config', None)
   assert description == {'input_shape': [2, 64, 128, 3], 'input_dtype': 'uint8',
                          'outputs': list(export_model.TFLITE_OUTPUTS),
                          'quantization': quantization}
+  if quantization == 'none':
+    assert config_text == str(conftest.tiny_config())
   ours = _run_tflite(path, clip)
   reference = {k: v.numpy() for k, v in module.segment_clip(tf.constant(clip)).items()}
   assert len(np.unique(reference[common.PANOPTIC_PRED])) > 2  # Segments to compare.
@@ -83,3 +98,42 @@ def test_export_from_checkpoint_writes_tflite_at_the_requested_size(tmp_path):
   assert description['input_shape'] == [config.eval_dataset_options.clip_length, 33, 65, 3]
   outputs = _run_tflite(path, np.zeros(description['input_shape'], np.uint8))
   assert outputs[common.PANOPTIC_PRED].shape == (config.eval_dataset_options.clip_length, 33, 65)
+
+
+def test_predictor_on_tflite_tracks_like_the_model(tiny_export, float32_tflite):
+  from deeplab2_vkmax import predictor as predictor_lib
+  frames = conftest.synthetic_frames(5)
+  tflite = predictor_lib.Predictor(float32_tflite)  # Config from clip.tflite.json.
+  assert (tflite.clip_length, tflite.mode, tflite.input_size) == (2, 'near_online', (64, 128))
+  reference = predictor_lib.Predictor.from_export_module(
+      tiny_export[1], conftest.tiny_config(), use_tf_function=False)
+  got, expected = list(tflite.predict_video(frames)), list(reference.predict_video(frames))
+  assert [r.frame_index for r in got] == list(range(5))
+  assert any(s['track_id'] > 0 for r in got for s in r.segments)
+  agreement = np.mean([np.mean(a.panoptic == b.panoptic) for a, b in zip(got, expected)])
+  assert agreement >= 0.999
+  with pytest.raises(predictor_lib.PredictorError,
+                     match=r'size 32x64, but the TFLite model takes 64x128 frames .*'
+                     r'--tflite_input_size=32,64'):
+    list(tflite.predict_video(frames[:, :32, :64]))
+  with pytest.raises(predictor_lib.PredictorError, match='clips of 2 frames'):
+    predictor_lib.Predictor(float32_tflite, clip_length=3)
+  with pytest.raises(predictor_lib.PredictorError, match='online mode runs clips of 1 frame'):
+    predictor_lib.Predictor(float32_tflite, mode='online')
+
+
+def test_vkmax_predict_cli_runs_the_tflite_model(float32_tflite, tmp_path):
+  from PIL import Image
+  from deeplab2_vkmax.tools import predict
+  frames = conftest.synthetic_frames(3)
+  (tmp_path / 'frames').mkdir()
+  for index, frame in enumerate(frames):
+    Image.fromarray(frame).save(tmp_path / 'frames' / f'{index}.png')
+  args = predict._parse_args([f'--input={tmp_path / "frames"}', f'--tflite={float32_tflite}',
+                              f'--output_dir={tmp_path / "out"}', '--no_progress',
+                              '--no_overlay_video'])
+  assert predict.run(args) == 3
+  lines = (tmp_path / 'out' / 'segments.jsonl').read_text().splitlines()
+  assert [json.loads(line)['frame_index'] for line in lines] == [0, 1, 2]
+  assert sorted(p.name for p in (tmp_path / 'out' / 'panoptic').iterdir()) == [
+      '000000.png', '000001.png', '000002.png']

@@ -107,7 +107,8 @@ def test_bad_arguments_and_frames(tiny_export, predictor, frames, tmp_path):
   with pytest.raises(predictor_lib.PredictorError, match='clip_length=2'):
     predictor.with_options(mode='online', clip_length=2)
   with pytest.raises(predictor_lib.PredictorError, match='clip_length >= 2'):
-    predictor.with_options(clip_length=1)
+    predictor.with_options(mode='near_online', clip_length=1)
+  assert predictor.with_options(clip_length=1).mode == 'online'  # The mode follows T.
   assert predictor.clip_length == 2  # with_options leaves the original alone.
   with pytest.raises(predictor_lib.PredictorError, match='needs a config file'):
     deeplab2_vkmax.Predictor(str(tmp_path))
