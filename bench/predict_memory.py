@@ -1,7 +1,7 @@
 r"""Peak memory and speed of vkmax-predict on a long synthetic video.
 
   python bench/predict_memory.py [--num_frames=2000] [--height=64 --width=128]
-      [--work_dir=/tmp/vkmax_predict_bench] [--mode=near_online]
+      [--work_dir=/tmp/vkmax_predict_bench] [--mode=near_online] [--queue_depths=2,0]
 
 1. Exports the tiny clip-kMaX (untrained, thresholds at 0 so every frame has
    segments and things to track) as a SavedModel.
@@ -12,7 +12,9 @@ r"""Peak memory and speed of vkmax-predict on a long synthetic video.
    process exits. (The peak is set early, by the SavedModel load; the current RSS
    is the sharper test of growth.)
 4. Prints a Markdown table of both at frame 200 and at the end, growth in %, and
-   the frames/s the CLI reports (decode + model + association + all writers).
+   the frames/s the CLI reports (decode + model + association + all writers, and
+   each stage's own rate), once per `--queue_depths` entry (2: the model stage
+   runs in a thread up to 2 clips ahead; 0: the stages one after the other).
 
 Linux only (/proc).
 """
@@ -89,7 +91,13 @@ def main() -> None:
   parser.add_argument('--width', type=int, default=128)
   parser.add_argument('--mode', default='near_online', choices=('near_online', 'online'))
   parser.add_argument('--work_dir', default='/tmp/vkmax_predict_bench')
+  parser.add_argument('--queue_depths', default='2,0')
   args = parser.parse_args()
+  for depth in (int(d) for d in args.queue_depths.split(',')):
+    _run(args, depth)
+
+
+def _run(args, queue_depth: int) -> None:
 
   os.makedirs(args.work_dir, exist_ok=True)
   saved_model = os.path.join(args.work_dir, 'saved_model')
@@ -109,7 +117,8 @@ def main() -> None:
   process = subprocess.Popen(
       [sys.executable, '-m', 'deeplab2_vkmax.tools.predict', f'--input={video}',
        f'--saved_model={saved_model}', f'--output_dir={output_dir}', f'--mode={args.mode}',
-       '--no_progress'], stderr=subprocess.PIPE, text=True, env=env, cwd=_REPO)
+       '--no_progress', '--overwrite', f'--queue_depth={queue_depth}'],
+      stderr=subprocess.PIPE, text=True, env=env, cwd=_REPO)
   early = last = None  # (peak RSS, current RSS)
   while process.poll() is None:
     sample = _rss_mib(process.pid)
@@ -124,10 +133,12 @@ def main() -> None:
   if process.returncode != 0:
     raise SystemExit(f'vkmax-predict failed:\n{stderr[-3000:]}')
   written = len(os.listdir(overlays))
-  match = re.search(r'\(([\d.]+) frames/s\)', stderr)
+  match = re.search(r'\(([\d.]+) frames/s; (.*)\)', stderr)
   fps = float(match.group(1)) if match else float('nan')
+  stages = match.group(2) if match else '?' 
   def growth(index):
     return 100.0 * (last[index] - early[index]) / early[index]
+  print(f'\n--queue_depth={queue_depth}\n')
   print(f'| frames ({args.height}x{args.width}, {args.mode}) | RSS measure | at frame '
         f'{args.early_frame} | at frame {written} | growth |')
   print('| --- | --- | --- | --- | --- |')
@@ -135,7 +146,7 @@ def main() -> None:
     print(f'| {written} | {name} | {early[index]:.0f} MiB | {last[index]:.0f} MiB | '
           f'{growth(index):+.1f} % |')
   print(f'\nframes/s reported by the CLI (decode + model + association + all writers): '
-        f'{fps:.1f}; wall time of the CLI process: {wall:.0f} s')
+        f'{fps:.1f} ({stages}); wall time of the CLI process: {wall:.0f} s')
   if written != args.num_frames:
     raise SystemExit(f'expected {args.num_frames} frames, wrote {written}')
 

@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import json
 import os
+import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
@@ -110,7 +111,8 @@ class Predictor:
   """Segments and tracks videos with a clip-kMaX SavedModel or checkpoint."""
 
   def __init__(self, saved_model_or_checkpoint: str, *, config_file: Optional[str] = None,
-               mode: Optional[str] = None, clip_length: Optional[int] = None):
+               mode: Optional[str] = None, clip_length: Optional[int] = None,
+               queue_depth: int = 2):
     """Loads the model.
 
     Args:
@@ -125,6 +127,8 @@ class Predictor:
       clip_length: T for near-online; default the config's
         `eval_dataset_options.clip_length` (at least 2); a TFLite model's T is
         fixed at export.
+      queue_depth: clips the model stage may run ahead of association and of
+        the caller (a background thread); 0 runs them one after the other.
 
     Raises:
       PredictorError: unknown mode, bad clip length, a path that is neither a
@@ -161,11 +165,12 @@ class Predictor:
       self._signatures = self._build_from_checkpoint(path)
     self.label_divisor = self.descriptor.panoptic_label_divisor
     self._set_clip_options(mode, clip_length)
+    self.queue_depth = queue_depth
 
   @classmethod
   def from_export_module(cls, module, config: config_pb2.ExperimentOptions, *,
                          mode: Optional[str] = None, clip_length: Optional[int] = None,
-                         use_tf_function: bool = True) -> 'Predictor':
+                         use_tf_function: bool = True, queue_depth: int = 2) -> 'Predictor':
     """A predictor on an in-memory model, e.g. right after training.
 
     Args:
@@ -175,6 +180,7 @@ class Predictor:
       clip_length: As in `__init__`.
       use_tf_function: Run the module's traced `serve` (fast once traced); False
         runs it eagerly (no tracing; for tiny models and tests).
+      queue_depth: As in `__init__`.
     """
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     predictor = cls.__new__(cls)
@@ -189,22 +195,26 @@ class Predictor:
     predictor._signatures = {'clip': segment, 'frame': segment}  # pylint: disable=protected-access
     predictor.label_divisor = predictor.descriptor.panoptic_label_divisor
     predictor._set_clip_options(mode, clip_length)  # pylint: disable=protected-access
+    predictor.queue_depth = queue_depth
     return predictor
 
-  def with_options(self, *, mode: Optional[str] = None,
-                   clip_length: Optional[int] = None) -> 'Predictor':
+  def with_options(self, *, mode: Optional[str] = None, clip_length: Optional[int] = None,
+                   queue_depth: Optional[int] = None) -> 'Predictor':
     """A predictor sharing this one's loaded model, with other clip options
     (loading a SavedModel takes seconds; this takes none).
 
     Args:
       mode: As in `__init__`.
       clip_length: As in `__init__`.
+      queue_depth: As in `__init__`; None keeps this predictor's.
 
     Raises:
       PredictorError: unknown mode or bad clip length.
     """
     other = copy.copy(self)
     other._set_clip_options(mode, clip_length)  # pylint: disable=protected-access
+    if queue_depth is not None:
+      other.queue_depth = queue_depth
     return other
 
   def _set_clip_options(self, mode: Optional[str], clip_length: Optional[int]) -> None:
@@ -337,6 +347,11 @@ class Predictor:
   def predict_video(self, frames: Iterable[np.ndarray]) -> Iterator[FrameResult]:
     """Segments and tracks one video, yielding frames as soon as they are final.
 
+    The model stage (reading `frames`, running the model) works in a background
+    thread up to `queue_depth` clips ahead of association and of whatever the
+    caller does with the results (see `deeplab2_vkmax.overlap`); `clock` holds
+    both stages' frames/s.
+
     Args:
       frames: uint8 [H, W, 3] RGB frames of one video, in order, all one size.
 
@@ -346,7 +361,18 @@ class Predictor:
     Raises:
       PredictorError: a frame that is not uint8 [H, W, 3] or changes size.
     """
+    from deeplab2_vkmax import overlap as overlap_lib  # pylint: disable=g-import-not-at-top
     associater = self.new_associater()
+    self.clock = overlap_lib.StageClock()
+    clips = self.clock.timed('model', self._segmented_clips(frames), lambda item: item[2])
+    for frame_ids, outputs, _ in overlap_lib.run_ahead(clips, self.queue_depth):
+      start = time.perf_counter()
+      results = list(self._associate_clip(associater, frame_ids, outputs))
+      self.clock.add('host', time.perf_counter() - start, len(results))
+      yield from results
+
+  def _segmented_clips(self, frames: Iterable[np.ndarray]):
+    """(frame ids (-1: padding), model outputs, frames new in this clip) per clip."""
     overlap = 1 if self.clip_length > 1 else 0
     clip: List[np.ndarray] = []
     frame_ids: List[int] = []
@@ -370,14 +396,15 @@ class Predictor:
       clip.append(frame)
       frame_ids.append(index)
       if len(clip) == self.clip_length:
-        yield from self._run_clip(associater, clip, frame_ids)
+        yield frame_ids, self.segment_clip(np.stack(clip)), len(clip) - overlap * ran_a_clip
         ran_a_clip = True
         # Near-online clips share their last frame with the next clip.
         clip, frame_ids = clip[len(clip) - overlap:], frame_ids[len(frame_ids) - overlap:]
     if len(clip) > (overlap if ran_a_clip else 0):
       padding = self.clip_length - len(clip)
-      yield from self._run_clip(associater, clip + [clip[-1]] * padding,
-                                frame_ids + [-1] * padding)
+      new = len(clip) - overlap * ran_a_clip
+      clip, frame_ids = clip + [clip[-1]] * padding, frame_ids + [-1] * padding
+      yield frame_ids, self.segment_clip(np.stack(clip)), new
 
   def _thing_embeddings(self, segment_ids: np.ndarray,
                         query_embeddings: np.ndarray) -> Dict[int, np.ndarray]:
@@ -387,9 +414,8 @@ class Predictor:
     keep = np.flatnonzero((segment_ids % self.label_divisor > 0) & is_thing)
     return {int(segment_ids[i]): np.asarray(query_embeddings[i], np.float32) for i in keep}
 
-  def _run_clip(self, associater, clip: List[np.ndarray],
-                frame_ids: List[int]) -> Iterator[FrameResult]:
-    outputs = self.segment_clip(np.stack(clip))
+  def _associate_clip(self, associater, frame_ids: List[int],
+                      outputs: Dict[str, np.ndarray]) -> Iterator[FrameResult]:
     clip_panoptic = outputs[common.PANOPTIC_PRED]  # [T, H, W], clip-local ids.
     segment_ids = outputs[common.SEGMENT_IDS].reshape(-1).astype(np.int64)  # [N]
     segment_scores = outputs[common.SEGMENT_SCORES].reshape(-1)  # [N]
@@ -401,7 +427,7 @@ class Predictor:
         np.asarray(clip_panoptic, np.int32),
         self._thing_embeddings(segment_ids, outputs[common.PRED_QUERY_EMBEDDINGS]))
     # The associater emits the clip's last len(emitted) frames; padding has id -1.
-    first = len(clip) - len(emitted)
+    first = len(frame_ids) - len(emitted)
     for clip_index, panoptic in enumerate(emitted, start=first):
       if frame_ids[clip_index] < 0:
         continue

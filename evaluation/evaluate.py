@@ -28,6 +28,7 @@ import json
 import multiprocessing
 import os
 import sys
+import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -35,6 +36,7 @@ import numpy as np
 from deeplab2_vkmax import cli
 from deeplab2_vkmax import common
 from deeplab2_vkmax import config as config_lib
+from deeplab2_vkmax import overlap as overlap_lib
 from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.evaluation import mean_iou
 from deeplab2_vkmax.evaluation import panoptic_quality
@@ -187,36 +189,54 @@ def _evaluate_shard(options: Dict[str, Any], worker: int, num_workers: int) -> D
         label_divisor=descriptor.panoptic_label_divisor, ignore_label=descriptor.ignore_label)
   clip_length = options['clip_length']
   overlap = 1 if clip_length > 1 else 0
-  sequences = clip_reader.read_sequences(options['file_pattern'], descriptor)
-  for index, (sequence_id, images, labels) in enumerate(sequences):
-    if 0 <= options['max_num_sequences'] <= index:
-      break
-    if index % num_workers != worker:
-      continue
-    num_frames = len(labels)
-    progress = tqdm.tqdm(total=num_frames, desc=f'sequence {sequence_id}', unit='frame',
-                         position=worker, leave=False, file=sys.stderr,
-                         disable=not options['progress'])
-    for start in video_scorer.clip_starts(num_frames, clip_length, overlap):
-      frames = np.arange(start, start + clip_length)
-      take = np.minimum(frames, num_frames - 1)  # Padding repeats the last frame.
-      outputs = signature(**{common.EXPORT_INPUT_NAME: images[take]})
-      emitted = scorer.add_clip(
-          sequence_id=sequence_id,
-          frame_ids=np.where(frames < num_frames, frames, -1),
-          panoptic=outputs[common.PANOPTIC_PRED].numpy(),
-          segment_ids=outputs[common.SEGMENT_IDS].numpy(),
-          query_embeddings=outputs[common.PRED_QUERY_EMBEDDINGS].numpy(),
-          labels=labels[take])
-      for frame_id, frame in emitted:
-        if writer is not None:
-          writer.write(sequence_id, frame_id, frame)
-      progress.update(len(emitted))
-    progress.close()
+
+  def model_stage():
+    """(sequence id, frame ids, outputs, labels, progress) per clip: read + model."""
+    sequences = clip_reader.read_sequences(options['file_pattern'], descriptor)
+    for index, (sequence_id, images, labels) in enumerate(sequences):
+      if 0 <= options['max_num_sequences'] <= index:
+        break
+      if index % num_workers != worker:
+        continue
+      num_frames = len(labels)
+      progress = tqdm.tqdm(total=num_frames, desc=f'sequence {sequence_id}', unit='frame',
+                           position=worker, leave=False, file=sys.stderr,
+                           disable=not options['progress'])
+      for start in video_scorer.clip_starts(num_frames, clip_length, overlap):
+        frames = np.arange(start, start + clip_length)
+        take = np.minimum(frames, num_frames - 1)  # Padding repeats the last frame.
+        outputs = signature(**{common.EXPORT_INPUT_NAME: images[take]})
+        yield (sequence_id, np.where(frames < num_frames, frames, -1),
+               {name: outputs[name].numpy() for name in _REQUIRED_OUTPUTS},
+               labels[take], progress)
+
+  # The model stage runs up to `queue_depth` clips ahead of association, metrics
+  # and writers (deeplab2_vkmax.overlap).
+  clock = overlap_lib.StageClock()
+  last_progress = None
+  for sequence_id, frame_ids, outputs, labels, progress in overlap_lib.run_ahead(
+      clock.timed('model', model_stage(), lambda item: int(np.sum(item[1] >= 0))),
+      options['queue_depth']):
+    start = time.perf_counter()
+    emitted = scorer.add_clip(
+        sequence_id=sequence_id, frame_ids=frame_ids,
+        panoptic=outputs[common.PANOPTIC_PRED], segment_ids=outputs[common.SEGMENT_IDS],
+        query_embeddings=outputs[common.PRED_QUERY_EMBEDDINGS], labels=labels)
+    for frame_id, frame in emitted:
+      if writer is not None:
+        writer.write(sequence_id, frame_id, frame)
+    clock.add('host', time.perf_counter() - start, len(emitted))
+    if last_progress is not None and progress is not last_progress:
+      last_progress.close()
+    last_progress = progress
+    progress.update(len(emitted))
+  if last_progress is not None:
+    last_progress.close()
   return {'metrics': metrics, 'num_frames': scorer.num_frames,
           'num_sequences': scorer.num_sequences,
           'association': scorer.association_statistics,
-          'predictions': writer.finish() if writer is not None else {}}
+          'predictions': writer.finish() if writer is not None else {},
+          'throughput': clock.report()}
 
 
 def _merge(shards: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -228,6 +248,7 @@ def _merge(shards: List[Dict[str, Any]]) -> Dict[str, Any]:
     merged['num_sequences'] += shard['num_sequences']
     merged['association'].update(shard['association'])
   merged['predictions'] = [s['predictions'] for s in shards]
+  merged['throughput'] = [s['throughput'] for s in shards]
   return merged
 
 
@@ -298,12 +319,23 @@ def format_table(summary: Dict[str, Any], num_sequences: int, num_frames: int) -
   return '\n'.join(lines)
 
 
+def format_throughput(throughput: List[Dict[str, float]], queue_depth: int) -> str:
+  """One line per worker: frames/s of each stage and of the whole."""
+  lines = []
+  for worker, stages in enumerate(throughput):
+    lines.append(f'worker {worker}: model stage {stages.get("model_frames_per_second", 0):.2f}'
+                 f' frames/s, host stage {stages.get("host_frames_per_second", 0):.2f} frames/s'
+                 f', {"overlapped" if queue_depth else "one after the other"}, '
+                 f'{stages["wall_seconds"]:.1f} s wall')
+  return '\n'.join(lines)
+
+
 def run_evaluation(*, saved_model: str, dataset: str, file_pattern: str, output_dir: str,
                    clip_length: int = 2, config_file: Optional[str] = None,
                    num_workers: int = 1, metrics: Optional[Sequence[str]] = None,
                    vpq_windows=None, save_predictions: Optional[str] = None,
                    max_num_sequences: int = -1, progress: bool = True,
-                   log_fn=print) -> Dict[str, Any]:
+                   queue_depth: int = 2, log_fn=print) -> Dict[str, Any]:
   """Evaluates `saved_model` on every sequence of `file_pattern`.
 
   Args:
@@ -320,11 +352,16 @@ def run_evaluation(*, saved_model: str, dataset: str, file_pattern: str, output_
     save_predictions: None or a `prediction_io.FORMATS` entry.
     max_num_sequences: evaluate at most this many sequences; -1 = all.
     progress: show a progress bar per sequence.
+    queue_depth: clips the model stage (read + SavedModel) may run ahead of the
+      host stage (association, metrics, writers) in a background thread; 0 runs
+      them one after the other.
     log_fn: where the table goes.
 
   Returns:
     The report written to metrics.json: 'overall', 'per_sequence', 'protocols',
-    'num_sequences', 'num_frames', 'association_per_sequence', the arguments.
+    'num_sequences', 'num_frames', 'association_per_sequence', 'throughput'
+    (per worker: frames/s of the model and host stages, wall seconds), the
+    arguments.
 
   Raises:
     ValueError: unknown data set / metric / format, a file pattern that matches
@@ -355,7 +392,7 @@ def run_evaluation(*, saved_model: str, dataset: str, file_pattern: str, output_
                  output_dir=output_dir, clip_length=clip_length, config_file=config_file,
                  metrics=metrics, vpq_windows=vpq_windows,
                  save_predictions=save_predictions, max_num_sequences=max_num_sequences,
-                 progress=progress)
+                 progress=progress, queue_depth=queue_depth)
   if num_workers == 1:
     shards = [_evaluate_shard(options, 0, 1)]
   else:
@@ -372,7 +409,9 @@ def run_evaluation(*, saved_model: str, dataset: str, file_pattern: str, output_
     prediction_io.write_vipseg_json(os.path.join(output_dir, 'predictions'),
                                     merged['predictions'])
   log_fn(format_table(summary, num_sequences, merged['num_frames']))
+  log_fn(format_throughput(merged['throughput'], queue_depth))
   report = dict(summary, num_sequences=num_sequences, num_frames=merged['num_frames'],
+                throughput=merged['throughput'],
                 saved_model=saved_model, dataset=dataset, file_pattern=file_pattern,
                 clip_length=clip_length, metrics=metrics,
                 association_per_sequence=video_scorer.jsonable(merged['association']))
@@ -396,7 +435,7 @@ def main(argv):
         metrics=[m.strip() for m in f.metrics.split(',') if m.strip()] if f.metrics else None,
         vpq_windows=parse_vpq_windows(f.vpq_windows) if f.vpq_windows else None,
         save_predictions=f.save_predictions or None,
-        max_num_sequences=f.max_num_sequences)
+        max_num_sequences=f.max_num_sequences, queue_depth=f.queue_depth)
 
 
 if __name__ == '__main__':
@@ -416,5 +455,8 @@ if __name__ == '__main__':
   flags.DEFINE_string('save_predictions', None, 'Also write predictions: kitti_step, '
                       'vipseg or vspw.')
   flags.DEFINE_integer('max_num_sequences', -1, 'Evaluate at most this many sequences.')
+  flags.DEFINE_integer('queue_depth', 2, 'Clips the model may run ahead of association '
+                       'and metrics (a background thread); 0 runs them one after the other.',
+                       lower_bound=0)
   flags.mark_flags_as_required(['saved_model', 'dataset', 'file_pattern', 'output_dir'])
   cli.run_absl(main)

@@ -72,9 +72,14 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                       'vkmax-predict writes there (overlays/, panoptic/, '
                       'overlay.mp4, segments.jsonl).')
   parser.add_argument('--no_progress', action='store_true', help='No progress bar.')
+  parser.add_argument('--queue_depth', type=int, default=2,
+                      help='Clips the model may run ahead of association and the writers '
+                      '(a background thread); 0 runs them one after the other.')
   args = parser.parse_args(argv)
   if args.clip_length is not None and args.clip_length < 1:
     parser.error(f'--clip_length must be >= 1, got {args.clip_length}')
+  if args.queue_depth < 0:
+    parser.error(f'--queue_depth must be >= 0, got {args.queue_depth}')
   if args.fps is not None and not args.fps > 0:
     parser.error(f'--fps must be > 0, got {args.fps:g}')
   if sum(bool(m) for m in (args.saved_model, args.tflite, args.checkpoint_path)) != 1:
@@ -313,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
   from deeplab2_vkmax import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
   predictor = predictor_lib.Predictor(
       args.saved_model or args.tflite or args.checkpoint_path, config_file=args.config_file,
-      mode=args.mode, clip_length=args.clip_length)
+      mode=args.mode, clip_length=args.clip_length, queue_depth=args.queue_depth)
   writer = _OutputWriter(args.output_dir, predictor.descriptor,
                          fps=args.fps or video_fps or _DEFAULT_FOLDER_FPS,
                          write_video=not args.no_overlay_video)
@@ -331,17 +336,25 @@ def run(args: argparse.Namespace) -> int:
 
   start = time.perf_counter()
   written = 0
+  write_seconds = 0.0
   try:
     for result in predictor.predict_video(remember(frames)):
+      write_start = time.perf_counter()
       writer.write(pending.pop(result.frame_index), result)
+      write_seconds += time.perf_counter() - write_start
       written += 1
       progress.update(1)
   finally:
     progress.close()
     writer.close()
   seconds = time.perf_counter() - start
+  rates = predictor.clock.report()
   print(f'vkmax-predict: wrote {written} frames to {args.output_dir} in {seconds:.1f} s '
-        f'({written / max(seconds, 1e-9):.2f} frames/s)', file=sys.stderr)
+        f'({written / max(seconds, 1e-9):.2f} frames/s; decode + model '
+        f'{rates.get("model_frames_per_second", 0):.2f}, association '
+        f'{rates.get("host_frames_per_second", 0):.2f}, writers '
+        f'{written / max(write_seconds, 1e-9):.2f} frames/s; '
+        f'{"overlapped" if args.queue_depth else "one after the other"})', file=sys.stderr)
   return written
 
 

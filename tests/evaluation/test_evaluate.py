@@ -104,18 +104,24 @@ def test_evaluator_end_to_end_and_prediction_round_trip(exported, tmp_path, clip
 
 
 @pytest.mark.slow
-def test_two_workers_equal_one(exported, tmp_path):
+def test_two_workers_and_no_overlap_equal_one_overlapped_worker(exported, tmp_path):
   saved_model, pattern = exported
+  lines = []
   reports = [evaluate.run_evaluation(
       saved_model=saved_model, dataset='synthetic', file_pattern=pattern,
-      output_dir=str(tmp_path / str(n)), num_workers=n, progress=False, log_fn=lambda _: None)
-             for n in (1, 2)]
+      output_dir=str(tmp_path / f'{n}_{depth}'), num_workers=n, queue_depth=depth,
+      progress=False, log_fn=lines.append)
+             for n, depth in ((1, 2), (2, 2), (1, 0))]
   windows = [r['overall'].pop('VPQ_per_window') for r in reports]
-  assert windows[1] == pytest.approx(windows[0], nan_ok=True)
-  assert reports[1]['overall'] == pytest.approx(reports[0]['overall'], abs=1e-12)
-  assert sorted(reports[1]['per_sequence']) == sorted(reports[0]['per_sequence'])
-  for sequence_id, values in reports[0]['per_sequence'].items():
-    assert reports[1]['per_sequence'][sequence_id] == pytest.approx(values, abs=1e-12)
+  for other in reports[1:]:
+    assert windows[1] == pytest.approx(windows[0], nan_ok=True)
+    assert other['overall'] == pytest.approx(reports[0]['overall'], abs=1e-12)
+    assert sorted(other['per_sequence']) == sorted(reports[0]['per_sequence'])
+    for sequence_id, values in reports[0]['per_sequence'].items():
+      assert other['per_sequence'][sequence_id] == pytest.approx(values, abs=1e-12)
+  assert [len(r['throughput']) for r in reports] == [1, 2, 1]
+  assert reports[0]['throughput'][0]['model_frames_per_second'] > 0
+  assert 'overlapped' in lines[1] and 'one after the other' in lines[5]
 
 
 def test_missing_file_pattern_and_bad_saved_model_give_one_line_errors(tmp_path):

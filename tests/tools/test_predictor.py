@@ -48,7 +48,9 @@ def test_every_frame_once_in_order(predictor, frames, num_frames, clip_length):
                                   result.panoptic[result.panoptic < 255000] // _DIVISOR)
 
 
-def test_streams_with_one_clip_of_lookahead(predictor, frames):
+@pytest.mark.parametrize('queue_depth', [0, 1])
+def test_streams_with_bounded_lookahead(predictor, frames, queue_depth):
+  predictor = predictor.with_options(queue_depth=queue_depth)
   consumed = []
 
   def stream():
@@ -56,9 +58,14 @@ def test_streams_with_one_clip_of_lookahead(predictor, frames):
       consumed.append(index)
       yield frame
 
+  stride = predictor.clip_length - 1
   for result in predictor.predict_video(stream()):
-    # A frame is final once its clip ran: at most T - 1 frames beyond it were read.
-    assert consumed[-1] - result.frame_index <= predictor.clip_length - 1
+    # A frame is final once its clip ran: at most T - 1 frames beyond it were
+    # read, plus the clips the model stage runs ahead (queued, and the one it
+    # holds while it waits to queue it).
+    ahead = consumed[-1] - result.frame_index
+    assert ahead <= predictor.clip_length - 1 + (queue_depth + 1) * stride * (queue_depth > 0)
+  assert predictor.clock.frames['model'] == predictor.clock.frames['host'] == len(frames)
 
 
 def test_first_clip_keeps_segments_and_relabels_things(predictor, frames):
