@@ -9,10 +9,12 @@ at 0 so the untrained model keeps segments) two worker processes are started:
 
 - `ref`: the package of git `--ref`, checked out in a worktree under
   `--work_dir` (protos compiled there), builds the model and times what a caller
-  ran at that commit: `post_processor(model(images, training=False))` in one
-  tf.function ("forward + post").
-- `now`: this checkout times the bare forward (`model(images, training=False)`,
-  a tf.function), forward + post as above, the exported SavedModel's
+  ran at that commit: the forward (`model(images, training=False)`, a
+  tf.function returning the model's outputs) then the post-processor
+  ("forward;post", the baseline), and both in one tf.function ("forward+post",
+  where graph pruning drops the outputs the post-processor does not read).
+- `now`: this checkout times the bare forward, forward;post and forward+post as
+  above, the exported SavedModel's
   `serving_default` (uint8 in: pre-processing + model + post-processing), and the
   float32 TFLite export on the LiteRT interpreter (XNNPACK, 2 threads).
 
@@ -20,7 +22,7 @@ Both workers hold the same weights (the `now` worker writes a checkpoint, the `r
 worker restores it) and the same uint8 input. Every variant is called once to
 trace, then the parent alternates single calls across all variants of both
 workers for `--rounds` rounds, so machine load hits them alike. Prints the median
-seconds per call and each variant's ratio to the ref's forward + post (median of
+seconds per call and each variant's ratio to the ref's forward;post (median of
 per-round ratios).
 """
 
@@ -38,7 +40,8 @@ _MODELS = {
     'r50': ('configs/kitti_step/clip_kmax_r50.textproto', (385, 1249)),
     'demo': ('configs/synthetic/clip_kmax_tiny.textproto', (65, 129)),
 }
-NOW_VARIANTS = ('forward', 'forward+post', 'saved_model', 'tflite')
+REF_VARIANTS = ('forward;post', 'forward+post')
+NOW_VARIANTS = ('forward', 'forward;post', 'forward+post', 'saved_model', 'tflite')
 
 
 # ----------------------------------------------------------------------------
@@ -75,14 +78,22 @@ def _build(model_name: str, frames: int):
 
 
 def _forward_and_post(model, post_processor, clip):
+  """{'forward+post': one tf.function, 'forward;post': two calls}.
+
+  In one tf.function, graph pruning drops every model output the post-processor
+  does not read; two calls (the model's outputs returned, then post-processed)
+  compute and return everything the forward returns.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   images = tf.constant(clip[None].astype('float32'))
   size = tf.constant(clip.shape[1:3])
 
   @tf.function
-  def run(images):
+  def fused(images):
     return post_processor(model(images, training=False), size)
-  return lambda: run(images)
+  forward = tf.function(lambda images: model(images, training=False))
+  post = tf.function(lambda outputs: post_processor(outputs, size))
+  return {'forward+post': lambda: fused(images), 'forward;post': lambda: post(forward(images))}
 
 
 def _worker(args) -> None:
@@ -92,14 +103,14 @@ def _worker(args) -> None:
   calls = {}
   if args.worker == 'ref':
     checkpoint.read(args.checkpoint).expect_partial()
-    calls['forward+post'] = _forward_and_post(model, post_processor, clip)
+    calls.update(_forward_and_post(model, post_processor, clip))
   else:
     from deeplab2_vkmax import export_model  # pylint: disable=g-import-not-at-top
     checkpoint.write(args.checkpoint)
     images = tf.constant(clip[None].astype('float32'))
     forward = tf.function(lambda images: model(images, training=False))
     calls['forward'] = lambda: forward(images)
-    calls['forward+post'] = _forward_and_post(model, post_processor, clip)
+    calls.update(_forward_and_post(model, post_processor, clip))
     saved_model = os.path.join(args.work_dir, f'saved_model_{args.model}')
     export_model.export_saved_model(model, post_processor, config, saved_model)
     serving = tf.saved_model.load(saved_model).signatures['serving_default']
@@ -186,18 +197,19 @@ def _bench_model(args, ref_path: str) -> None:
   checkpoint = os.path.join(tempfile.mkdtemp(dir=args.work_dir), 'weights')
   now = _Worker('now', args, checkpoint, _REPO)  # Writes the checkpoint first.
   ref = _Worker('ref', args, checkpoint, ref_path)
-  variants = [(ref, 'forward+post')] + [(now, v) for v in NOW_VARIANTS if v in now.variants]
+  variants = ([(ref, v) for v in REF_VARIANTS] +
+              [(now, v) for v in NOW_VARIANTS if v in now.variants])
   times = {(w.kind, v): [] for w, v in variants}
   for _ in range(args.rounds):
     for worker, variant in variants:
       times[(worker.kind, variant)].append(worker.time(variant))
   ref.close()
   now.close()
-  baseline = times[('ref', 'forward+post')]
+  baseline = times[('ref', 'forward;post')]
   height, width = _MODELS[args.model][1]
   print(f'\n{args.model} at T={args.frames}, {height}x{width}, {args.rounds} alternating '
         f'rounds (ref = {args.ref}):\n')
-  print('| variant | median s / call | ratio to ref forward + post |')
+  print('| variant | median s / call | ratio to ref forward;post |')
   print('| --- | --- | --- |')
   for (kind, variant), values in times.items():
     ratio = statistics.median(v / b for v, b in zip(values, baseline))

@@ -191,7 +191,8 @@ def _evaluate_shard(options: Dict[str, Any], worker: int, num_workers: int) -> D
   overlap = 1 if clip_length > 1 else 0
 
   def model_stage():
-    """(sequence id, frame ids, outputs, labels, progress) per clip: read + model."""
+    """(sequence id, frame ids, outputs, labels, progress, frames new in the clip)
+    per clip: read + model."""
     sequences = clip_reader.read_sequences(options['file_pattern'], descriptor)
     for index, (sequence_id, images, labels) in enumerate(sequences):
       if 0 <= options['max_num_sequences'] <= index:
@@ -202,21 +203,23 @@ def _evaluate_shard(options: Dict[str, Any], worker: int, num_workers: int) -> D
       progress = tqdm.tqdm(total=num_frames, desc=f'sequence {sequence_id}', unit='frame',
                            position=worker, leave=False, file=sys.stderr,
                            disable=not options['progress'])
+      seen = 0  # Frames of this sequence covered by earlier clips.
       for start in video_scorer.clip_starts(num_frames, clip_length, overlap):
         frames = np.arange(start, start + clip_length)
         take = np.minimum(frames, num_frames - 1)  # Padding repeats the last frame.
         outputs = signature(**{common.EXPORT_INPUT_NAME: images[take]})
+        new = min(start + clip_length, num_frames) - seen
+        seen += new
         yield (sequence_id, np.where(frames < num_frames, frames, -1),
                {name: outputs[name].numpy() for name in _REQUIRED_OUTPUTS},
-               labels[take], progress)
+               labels[take], progress, new)
 
   # The model stage runs up to `queue_depth` clips ahead of association, metrics
   # and writers (deeplab2_vkmax.overlap).
   clock = overlap_lib.StageClock()
   last_progress = None
-  for sequence_id, frame_ids, outputs, labels, progress in overlap_lib.run_ahead(
-      clock.timed('model', model_stage(), lambda item: int(np.sum(item[1] >= 0))),
-      options['queue_depth']):
+  for sequence_id, frame_ids, outputs, labels, progress, _ in overlap_lib.run_ahead(
+      clock.timed('model', model_stage(), lambda item: item[5]), options['queue_depth']):
     start = time.perf_counter()
     emitted = scorer.add_clip(
         sequence_id=sequence_id, frame_ids=frame_ids,
