@@ -31,6 +31,8 @@ _CHOICES = {
                                          'convnext_tiny',
                                          'convnext_small', 'convnext_base',
                                          'convnext_large'),
+    ('model_options.clip_kmax', 'transformer_cross_attention'): (
+        'kmeans', 'standard', 'latent_memory'),
     ('trainer_options.solver_options', 'optimizer'): ('adamw', 'adam', 'sgd'),
     ('trainer_options.solver_options', 'learning_policy'): ('poly', 'cosine'),
     ('trainer_options.solver_options', 'mixed_precision'): ('float32', 'mixed_float16',

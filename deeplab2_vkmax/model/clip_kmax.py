@@ -137,6 +137,10 @@ class ClipKMaX(keras.Model):
     transformer_channels: centre channels E.
     transformer_num_heads: centre self-attention heads.
     transformer_ffn_channels: FFN hidden channels.
+    transformer_cross_attention: the centre update of every kMaX layer:
+      'kmeans' (clip-kMaX), or the Video-kMaX Tab. 4 baselines 'standard' /
+      'latent_memory' (`kmax_transformer_decoder.CROSS_ATTENTIONS`).
+    transformer_latent_memory_size: latent tokens of 'latent_memory'.
     pixel_space_head_channels: pixel-space head conv channels.
     pixel_space_output_channels: pixel embedding depth D.
     use_auxiliary_semantic_decoder: build the ASPP + low-level fusion
@@ -178,6 +182,8 @@ class ClipKMaX(keras.Model):
                transformer_decoder_block_counts: Sequence[int] = (2, 2, 2),
                transformer_channels: int = 256, transformer_num_heads: int = 8,
                transformer_ffn_channels: int = 2048,
+               transformer_cross_attention: str = 'kmeans',
+               transformer_latent_memory_size: int = 16,
                pixel_space_head_channels: int = 256,
                pixel_space_output_channels: int = 128,
                use_auxiliary_semantic_decoder: bool = True,
@@ -241,6 +247,8 @@ class ClipKMaX(keras.Model):
     self.transformer_channels = transformer_channels
     self.transformer_num_heads = transformer_num_heads
     self.transformer_ffn_channels = transformer_ffn_channels
+    self.transformer_cross_attention = transformer_cross_attention
+    self.transformer_latent_memory_size = transformer_latent_memory_size
     self.pixel_space_head_channels = pixel_space_head_channels
     self.pixel_space_output_channels = pixel_space_output_channels
     self.use_auxiliary_semantic_decoder = use_auxiliary_semantic_decoder
@@ -288,8 +296,10 @@ class ClipKMaX(keras.Model):
             drop_path_keep_prob=transformer_decoder_drop_path_keep_prob,
             void_prior_prob=void_prior_prob,
             mask_bn_gamma_init=mask_bn_gamma_init,
-            center_init_stddev=center_init_stddev, name='transformer_decoder',
-            **bn))
+            center_init_stddev=center_init_stddev,
+            cross_attention=transformer_cross_attention,
+            latent_memory_size=transformer_latent_memory_size,
+            name='transformer_decoder', **bn))
     self._prediction_head = kmax_prediction_head.KMaXPredictionHead(
         num_classes=num_classes,
         pixel_space_head_channels=pixel_space_head_channels,
@@ -500,6 +510,8 @@ class ClipKMaX(keras.Model):
         'transformer_channels': self.transformer_channels,
         'transformer_num_heads': self.transformer_num_heads,
         'transformer_ffn_channels': self.transformer_ffn_channels,
+        'transformer_cross_attention': self.transformer_cross_attention,
+        'transformer_latent_memory_size': self.transformer_latent_memory_size,
         'pixel_space_head_channels': self.pixel_space_head_channels,
         'pixel_space_output_channels': self.pixel_space_output_channels,
         'use_auxiliary_semantic_decoder': self.use_auxiliary_semantic_decoder,

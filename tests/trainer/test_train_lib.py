@@ -142,3 +142,27 @@ def test_export_mode_exports_the_latest_checkpoint(tmp_path):
   np.testing.assert_allclose(
       np.reshape(served[common.PRED_QUERY_EMBEDDINGS].numpy(), [-1]),
       np.reshape(outputs[common.PRED_QUERY_EMBEDDINGS].numpy(), [-1]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow  # Two short trainings (tracing dominates).
+@pytest.mark.parametrize('cross_attention', ['standard', 'latent_memory'])
+def test_tiny_demo_trains_with_each_table4_cross_attention(tmp_path, cross_attention):
+  # k-means is the shipped default, trained by the end-to-end test above.
+  config = tiny_runs.tiny_config(tmp_path, steps=4, steps_per_loop=2, batch_size=2)
+  config.model_options.clip_kmax.transformer_cross_attention = cross_attention
+  lines = []
+  train_lib.run_experiment('train', config, str(tmp_path / 'runs'), log_fn=lines.append)
+  losses = [float(line.split('loss')[1].split()[0].strip(':=,'))
+            for line in lines if line.startswith('step ') and 'loss' in line]
+  assert len(losses) == 2 and all(np.isfinite(losses)), lines
+  run_dir = tmp_path / 'runs' / config.experiment_name
+  assert (run_dir / 'ckpt-4.index').exists()
+  # The baseline's own variables are in the checkpoint: a fresh model of the same
+  # config restores every one of its variables from it.
+  fresh = builder.build_model(config, data_lib.dataset_descriptor(config.train_dataset_options))
+  train_lib.build_model_variables(fresh, config)
+  names = [v.path for v in fresh.trainable_variables]
+  assert any('_cross_query_conv_bn' in n for n in names)
+  assert any(n.endswith('/latent_memory') for n in names) == (cross_attention == 'latent_memory')
+  tf.train.Checkpoint(**fresh.checkpoint_items).read(
+      str(run_dir / 'ckpt-4')).expect_partial().assert_existing_objects_matched()

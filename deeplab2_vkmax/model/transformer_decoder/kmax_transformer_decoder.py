@@ -9,6 +9,14 @@ the per-cluster SUM of pixel values:  C_hat = C + argmax_N(Q^c (K^p)^T) V^p
 parallel from the same pre-update memory, followed by an FFN. Pixels are not
 updated. In clip-kMaX the pixel features are [B, T*h, w, C] (frames stacked along
 height) so one assignment covers all T*h*w pixels of a clip.
+
+`cross_attention` selects the centre update for the paper's Table 4 baselines
+(docs/model.md, "Cross-attention baselines"); 'kmeans' is clip-kMaX:
+- 'standard': multi-head softmax cross-attention of the centres over all T*h*w
+  clip pixels (Vaswani et al.; the normal cross-attention of Video-kMaX Tab. 4);
+- 'latent_memory': TubeFormer-style (Kim et al., CVPR 2022): a learned latent
+  memory of `latent_memory_size` tokens first attends (softmax) over all T*h*w
+  pixels, then the centres attend (softmax) over the latent tokens only.
 """
 
 from typing import Dict, Sequence
@@ -26,6 +34,24 @@ from deeplab2_vkmax.model.layers import resize
 
 _PACKAGE = 'deeplab2_vkmax'
 _gelu = conv_bn_act.get_activation('gelu')
+# Centre update of a transformer layer (Video-kMaX Tab. 4); the first is clip-kMaX.
+CROSS_ATTENTIONS = ('kmeans', 'standard', 'latent_memory')
+
+
+def _multi_head_attention(query, key, value, num_heads: int):
+  """Softmax attention of query [B, N, E] over key / value [B, L, E] -> [B, N, E].
+
+  Scaled dot products per head (E / heads channels each); the softmax runs over
+  all L positions, in float32 under mixed precision.
+  """
+  batch, num_queries, channels = tf.shape(query)[0], tf.shape(query)[1], query.shape[-1]
+  depth = channels // num_heads
+  split = lambda x: tf.reshape(x, [batch, -1, num_heads, depth])  # [B, *, heads, d]
+  logits = tf.einsum('bnhd,blhd->bhnl', split(query), split(key)) * depth ** -0.5
+  attention = tf.cast(tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1),
+                      value.dtype)  # [B, heads, N, L]: softmax over the L positions.
+  retrieved = tf.einsum('bhnl,blhd->bnhd', attention, split(value))  # [B, N, h, d]
+  return tf.reshape(retrieved, [batch, num_queries, channels])
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -123,6 +149,8 @@ class KMaXTransformerLayer(keras.layers.Layer):
     drop_path_keep_prob: keep probability of the three residual branches.
     void_prior_prob, mask_bn_gamma_init: auxiliary head initialisation.
     bn_momentum, bn_epsilon, use_sync_batchnorm: BN options.
+    cross_attention: the centre update, one of `CROSS_ATTENTIONS` (module
+      docstring); latent_memory_size: tokens of the 'latent_memory' update.
 
   Call on {'pixel_feature': [B, T*h, w, Cp], 'centers': [B, N, E]} with
   `num_frames` = T. Returns (centers [B, N, E], auxiliary prediction dict with
@@ -139,10 +167,19 @@ class KMaXTransformerLayer(keras.layers.Layer):
                drop_path_keep_prob: float = 1.0, void_prior_prob: float = 0.9,
                mask_bn_gamma_init: float = 0.1, bn_momentum: float = 0.99,
                bn_epsilon: float = 1e-3, use_sync_batchnorm: bool = False,
+               cross_attention: str = 'kmeans', latent_memory_size: int = 16,
                **kwargs):
     super().__init__(**kwargs)
     if channels % 2:
       raise ValueError(f'channels must be even, got {channels}.')
+    if cross_attention not in CROSS_ATTENTIONS:
+      raise ValueError(f'cross_attention must be one of {CROSS_ATTENTIONS}, got '
+                       f'{cross_attention!r}.')
+    if cross_attention != 'kmeans' and channels % num_heads:
+      raise ValueError(f'channels ({channels}) must be divisible by num_heads '
+                       f'({num_heads}) for {cross_attention} cross-attention.')
+    self.cross_attention = cross_attention
+    self.latent_memory_size = latent_memory_size
     self.num_classes = num_classes
     self.channels = channels
     self.num_heads = num_heads
@@ -201,6 +238,18 @@ class KMaXTransformerLayer(keras.layers.Layer):
         keep_prob=drop_path_keep_prob, name='_attention_drop_path')
     self._ffn_drop_path = drop_path.DropPath(
         keep_prob=drop_path_keep_prob, name='_ffn_drop_path')
+    # The Table 4 baselines' own projections (k-means needs none: its
+    # assignment comes from the auxiliary clustering predictor).
+    if cross_attention != 'kmeans':
+      self._cross_query_conv_bn = conv1d('_cross_query_conv_bn', channels,
+                                         init=transformer_init)
+      self._cross_key_conv_bn = conv1d('_cross_key_conv_bn', channels,
+                                       init=transformer_init)
+    if cross_attention == 'latent_memory':
+      self._latent_query_conv_bn = conv1d('_latent_query_conv_bn', channels,
+                                          init=transformer_init)
+      self._latent_value_conv_bn = conv1d('_latent_value_conv_bn', channels,
+                                          init=transformer_init)
 
   def build(self, input_shape):
     pixel_shape = input_shape['pixel_feature']
@@ -218,6 +267,16 @@ class KMaXTransformerLayer(keras.layers.Layer):
     self._auxiliary_clustering_predictor.build({
         'pixel_feature': (None, None, None, c),
         'class_embedding': (None, None, c), 'mask_embedding': (None, None, c)})
+    if self.cross_attention != 'kmeans':
+      self._cross_query_conv_bn.build((None, None, c))
+      self._cross_key_conv_bn.build((None, None, c))
+    if self.cross_attention == 'latent_memory':
+      # A public attribute: tf.train.Checkpoint records it as `latent_memory`.
+      self.latent_memory = self.add_weight(
+          name='latent_memory', shape=(self.latent_memory_size, c),
+          initializer=keras.initializers.TruncatedNormal(stddev=1.0))
+      self._latent_query_conv_bn.build((None, None, c))
+      self._latent_value_conv_bn.build((None, None, c))
     self.built = True
 
   def call(self, inputs, num_frames=1, training=False):
@@ -236,16 +295,19 @@ class KMaXTransformerLayer(keras.layers.Layer):
         {'pixel_feature': resize.unstack_frames(pixel_space_2d, num_frames),
          'class_embedding': memory_space, 'mask_embedding': memory_space},
         num_frames=num_frames, training=training)
-    mask_logits = aux[common.PRED_PIXEL_SPACE_MASK_LOGITS]  # [B, T*h, w, N]
-    num_slots = tf.shape(centers)[1]
-    flat_logits = tf.reshape(mask_logits, [batch, -1, num_slots])  # [B, THW, N]
-    assignment = tf.stop_gradient(
-        tf.one_hot(tf.argmax(flat_logits, axis=-1), num_slots,
-                   dtype=pixel_space.dtype))  # [B, THW, N]
-
-    # Update step: per-cluster sum of the assigned pixel values.
-    pixel_value = self._pixel_v_conv_bn(pixel_space, training=training)
-    kmeans_update = tf.einsum('blm,bld->bmd', assignment, pixel_value)
+    pixel_value = self._pixel_v_conv_bn(pixel_space, training=training)  # [B, THW, E]
+    if self.cross_attention == 'kmeans':
+      mask_logits = aux[common.PRED_PIXEL_SPACE_MASK_LOGITS]  # [B, T*h, w, N]
+      num_slots = tf.shape(centers)[1]
+      flat_logits = tf.reshape(mask_logits, [batch, -1, num_slots])  # [B, THW, N]
+      assignment = tf.stop_gradient(
+          tf.one_hot(tf.argmax(flat_logits, axis=-1), num_slots,
+                     dtype=pixel_space.dtype))  # [B, THW, N]
+      # Update step: per-cluster sum of the assigned pixel values.
+      kmeans_update = tf.einsum('blm,bld->bmd', assignment, pixel_value)
+    else:
+      kmeans_update = self._baseline_update(memory_space, pixel_space, pixel_value,
+                                            training)  # [B, N, E]
     kmeans_update = self._kmeans_memory_batch_norm_retrieved_value(
         kmeans_update, training=training)
     kmeans_update = self._kmeans_memory_conv3_bn(kmeans_update, training=training)
@@ -263,6 +325,29 @@ class KMaXTransformerLayer(keras.layers.Layer):
     centers = _gelu(centers + self._ffn_drop_path(ffn, training=training))
     return centers, aux
 
+  def _baseline_update(self, memory_space, pixel_space, pixel_value, training):
+    """The centre update of the 'standard' / 'latent_memory' baselines, [B, N, E].
+
+    Args:
+      memory_space: [B, N, E] centres after their input projection.
+      pixel_space: [B, T*h*w, E] clip pixels after their input projection.
+      pixel_value: [B, T*h*w, E] the pixels' values (as k-means uses).
+    """
+    query = self._cross_query_conv_bn(memory_space, training=training)  # [B, N, E]
+    if self.cross_attention == 'standard':
+      key = self._cross_key_conv_bn(pixel_space, training=training)  # [B, THW, E]
+      return _multi_head_attention(query, key, pixel_value, self.num_heads)
+    # Latent memory: M learned tokens read the clip, the centres read the tokens.
+    batch = tf.shape(memory_space)[0]
+    latent = tf.tile(tf.cast(self.latent_memory, memory_space.dtype)[None],
+                     [batch, 1, 1])  # [B, M, E]
+    latent_query = self._latent_query_conv_bn(latent, training=training)
+    pixel_key = self._cross_key_conv_bn(pixel_space, training=training)
+    latent = latent + _multi_head_attention(latent_query, pixel_key, pixel_value,
+                                            self.num_heads)  # [B, M, E]
+    latent_value = self._latent_value_conv_bn(latent, training=training)
+    return _multi_head_attention(query, latent, latent_value, self.num_heads)
+
   def get_config(self):
     config = super().get_config()
     config.update({
@@ -275,6 +360,8 @@ class KMaXTransformerLayer(keras.layers.Layer):
         'mask_bn_gamma_init': self.mask_bn_gamma_init,
         'bn_momentum': self.bn_momentum, 'bn_epsilon': self.bn_epsilon,
         'use_sync_batchnorm': self.use_sync_batchnorm,
+        'cross_attention': self.cross_attention,
+        'latent_memory_size': self.latent_memory_size,
     })
     return config
 
@@ -320,6 +407,7 @@ class KMaXTransformerDecoder(keras.layers.Layer):
     void_prior_prob, mask_bn_gamma_init: auxiliary head initialisation.
     center_init_stddev: stddev of the centres' truncated-normal init.
     bn_momentum, bn_epsilon, use_sync_batchnorm: BN options.
+    cross_attention, latent_memory_size: as `KMaXTransformerLayer`, for every layer.
 
   Call on a sequence of len(block_counts) stacked feature maps
   [B, T*h_i, w_i, C_i], coarsest first, with `num_frames` = T. Returns a dict:
@@ -339,8 +427,11 @@ class KMaXTransformerDecoder(keras.layers.Layer):
                drop_path_keep_prob: float = 1.0, void_prior_prob: float = 0.9,
                mask_bn_gamma_init: float = 0.1, center_init_stddev: float = 1.0,
                bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
-               use_sync_batchnorm: bool = False, **kwargs):
+               use_sync_batchnorm: bool = False, cross_attention: str = 'kmeans',
+               latent_memory_size: int = 16, **kwargs):
     super().__init__(**kwargs)
+    self.cross_attention = cross_attention
+    self.latent_memory_size = latent_memory_size
     self.num_classes = num_classes
     self.num_mask_slots = num_mask_slots
     self.block_counts = tuple(block_counts)
@@ -365,6 +456,7 @@ class KMaXTransformerDecoder(keras.layers.Layer):
         pixel_space_output_channels=pixel_space_output_channels,
         drop_path_keep_prob=drop_path_keep_prob,
         void_prior_prob=void_prior_prob, mask_bn_gamma_init=mask_bn_gamma_init,
+        cross_attention=cross_attention, latent_memory_size=latent_memory_size,
         **bn)
     self._feature_index = [i for i, count in enumerate(self.block_counts)
                            for _ in range(count)]
@@ -432,5 +524,7 @@ class KMaXTransformerDecoder(keras.layers.Layer):
         'center_init_stddev': self.center_init_stddev,
         'bn_momentum': self.bn_momentum, 'bn_epsilon': self.bn_epsilon,
         'use_sync_batchnorm': self.use_sync_batchnorm,
+        'cross_attention': self.cross_attention,
+        'latent_memory_size': self.latent_memory_size,
     })
     return config
