@@ -145,10 +145,7 @@ class Predictor:
       self.config = _load_config(config_file) if config_file else _tflite_config(path)
       self._descriptor_from_config()
       self._signatures, (frames, height, width) = self._load_tflite(path)
-      if clip_length not in (None, frames):
-        raise PredictorError(f'{path}: the TFLite model takes clips of {frames} frames '
-                             f'(fixed at export); received clip_length={clip_length}')
-      clip_length, self.input_size = frames, (height, width)
+      self.input_size, self._fixed_clip_length = (height, width), frames
     elif is_saved_model_dir(path):
       config_path = config_file or os.path.join(path, CONFIG_FILENAME)
       if not os.path.isfile(config_path):
@@ -218,6 +215,12 @@ class Predictor:
     return other
 
   def _set_clip_options(self, mode: Optional[str], clip_length: Optional[int]) -> None:
+    fixed = getattr(self, '_fixed_clip_length', None)  # A TFLite model's T.
+    if fixed is not None:
+      if clip_length not in (None, fixed):
+        raise PredictorError(f'the TFLite model takes clips of {fixed} frames (fixed at '
+                             f'export); received clip_length={clip_length}')
+      clip_length = fixed
     if mode is None:
       mode = 'online' if clip_length == 1 else 'near_online'
     if mode not in MODES:

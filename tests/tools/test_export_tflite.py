@@ -120,6 +120,9 @@ def test_predictor_on_tflite_tracks_like_the_model(tiny_export, float32_tflite):
     predictor_lib.Predictor(float32_tflite, clip_length=3)
   with pytest.raises(predictor_lib.PredictorError, match='online mode runs clips of 1 frame'):
     predictor_lib.Predictor(float32_tflite, mode='online')
+  with pytest.raises(predictor_lib.PredictorError, match='clips of 2 frames'):
+    tflite.with_options(clip_length=3)
+  assert tflite.with_options(queue_depth=0).clip_length == 2
 
 
 def test_vkmax_predict_cli_runs_the_tflite_model(float32_tflite, tmp_path):
