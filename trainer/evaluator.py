@@ -19,6 +19,7 @@ import orbit
 import tensorflow as tf
 
 from deeplab2_vkmax import common
+from deeplab2_vkmax.evaluation import evaluate
 from deeplab2_vkmax.evaluation import video_scorer
 
 ORIGINAL_SIZE = common.ORIGINAL_SIZE
@@ -102,11 +103,19 @@ class ClipKMaXEvaluator(orbit.StandardEvaluator):
             'evaluation/step/AQ': float(result['AQ']),
             'evaluation/step/IoU': float(result['IoU'])}
     self._log_fn(format_result_table(result, step, state.num_sequences, state.num_frames))
+    # The other metrics of the data set's protocol, summarised as the CLI does.
+    summary = evaluate.summarise({name: metric.result()
+                                  for name, metric in state.metrics.items() if name != 'stq'})
+    for key, value in summary['overall'].items():
+      if isinstance(value, float):
+        logs[f'evaluation/step/{key}'] = value
     vpq = state.metrics.get('vpq')
     if vpq is not None:
-      vpq_result = vpq.result()
-      logs['evaluation/step/VPQ'] = float(vpq_result['VPQ'])
-      self._log_fn(f'  {vpq.describe()}: {vpq_result["VPQ"]:.3f}')
+      self._log_fn(f'  {vpq.describe()}: {logs["evaluation/step/VPQ"]:.3f}')
+    others = [f'{key} {value:.3f}' for key, value in summary['overall'].items()
+              if isinstance(value, float) and not key.startswith('VPQ')]
+    if others:
+      self._log_fn('  ' + ', '.join(others))
     if self._output_dir:
       os.makedirs(self._output_dir, exist_ok=True)
       report = {'step': step, 'num_sequences': state.num_sequences,
@@ -114,6 +123,7 @@ class ClipKMaXEvaluator(orbit.StandardEvaluator):
                 'STQ': float(result['STQ']), 'AQ': float(result['AQ']),
                 'SQ': float(result['IoU']),
                 'VPQ': logs.get('evaluation/step/VPQ'),
+                'overall': {k: v for k, v in summary['overall'].items() if isinstance(v, float)},
                 'per_sequence': _per_sequence(result),
                 'association_per_sequence': _jsonable(state.association_statistics)}
       path = os.path.join(self._output_dir, f'metrics_step_{step}.json')

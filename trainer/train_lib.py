@@ -35,8 +35,7 @@ import tensorflow as tf
 from deeplab2_vkmax import common
 from deeplab2_vkmax import export_model
 from deeplab2_vkmax.data import dataset as dataset_lib
-from deeplab2_vkmax.evaluation import stq
-from deeplab2_vkmax.evaluation import video_panoptic_quality
+from deeplab2_vkmax.evaluation import evaluate
 from deeplab2_vkmax.evaluation import video_scorer
 from deeplab2_vkmax.model import builder
 from deeplab2_vkmax.protos import config_pb2
@@ -234,20 +233,17 @@ def build_optimizers(experiment: Experiment):
 def make_scorer_fn(config: config_pb2.ExperimentOptions,
                    descriptor: dataset_lib.DatasetDescriptor
                    ) -> Callable[[], video_scorer.VideoScorer]:
-  """Creates VideoScorers: STQ and VPQ {1,2,4,6}, a fresh associater per sequence."""
-  things = list(descriptor.class_has_instances_list)
+  """Creates VideoScorers with the metrics `evaluation.evaluate` uses for this data
+  set (STQ always; then its published protocol: STQ + VPQ, or mIoU + VC8 + VC16 for
+  VSPW; VPQ windows per data set), a fresh associater per sequence."""
+  names = ['stq'] + [n for n in evaluate.default_metrics(descriptor.name) if n != 'stq']
+  windows = evaluate.default_vpq_windows(descriptor.name)
 
   def scorer_fn():
-    metric = stq.STQuality(
-        num_classes=descriptor.num_classes, things_list=things,
-        ignore_label=descriptor.ignore_label,
-        label_divisor=descriptor.panoptic_label_divisor, offset=2 ** 32)
-    vpq = video_panoptic_quality.VideoPanopticQuality(
-        descriptor.num_classes, things, descriptor.ignore_label,
-        descriptor.panoptic_label_divisor, window_sizes='video_kmax')
+    metrics = evaluate.build_metrics(names, descriptor, windows)
     return video_scorer.VideoScorer(
         associater_fn=lambda: builder.build_associater(config, descriptor),
-        metric=metric, metrics={'stq': metric, 'vpq': vpq},
+        metric=metrics['stq'], metrics=metrics,
         label_divisor=descriptor.panoptic_label_divisor,
         thing_class_ids=descriptor.class_has_instances_list)
   return scorer_fn

@@ -1,0 +1,59 @@
+"""The trainer's evaluation scores each data set with the CLI evaluator's metrics."""
+
+import pathlib
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deeplab2_vkmax import config as config_lib
+from deeplab2_vkmax.data import dataset as dataset_lib
+from deeplab2_vkmax.evaluation import evaluate
+from deeplab2_vkmax.trainer import evaluator as evaluator_lib
+from deeplab2_vkmax.trainer import train_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize('name, expected', [
+    ('synthetic/clip_kmax_tiny.textproto', {'stq', 'vpq'}),
+    ('vipseg/clip_kmax_r50.textproto', {'stq', 'vpq'}),
+    ('vspw/clip_kmax_r50_online.textproto', {'stq', 'miou', 'vc8', 'vc16'})])
+def test_scorer_metrics_follow_the_data_set_protocol(name, expected):
+  config = config_lib.load_experiment_config(str(REPO / 'configs' / name))
+  descriptor = dataset_lib.get_dataset_descriptor(config.eval_dataset_options.dataset)
+  scorer = train_lib.make_scorer_fn(config, descriptor)()
+  assert set(scorer.metrics) == expected
+  assert scorer.metric is scorer.metrics['stq']
+  if 'vpq' in expected:  # The CLI's windows for this data set.
+    reference = evaluate.build_metrics(['vpq'], descriptor,
+                                       evaluate.default_vpq_windows(descriptor.name))['vpq']
+    assert scorer.metrics['vpq'].describe() == reference.describe()
+
+
+def test_vspw_evaluation_logs_miou_and_video_consistency(tmp_path):
+  config = config_lib.load_experiment_config(
+      str(REPO / 'configs' / 'vspw' / 'clip_kmax_r50_online.textproto'))
+  descriptor = dataset_lib.get_dataset_descriptor('vspw')
+  scorer = train_lib.make_scorer_fn(config, descriptor)()
+  rng = np.random.default_rng(0)
+  # A still video (VC counts pixels whose label holds over n frames), predicted
+  # perfectly, frame by frame (online).
+  frame = rng.integers(0, 3, (1, 6, 8)) * descriptor.panoptic_label_divisor
+  labels = np.stack([frame] * 20)
+  for t in range(20):
+    scorer.add_clip(sequence_id='video', frame_ids=np.array([t]), panoptic=labels[t],
+                    segment_ids=np.zeros(4, np.int32),
+                    query_embeddings=np.zeros((4, 8), np.float32), labels=labels[t])
+  lines = []
+  owner = types.SimpleNamespace(_global_step=tf.Variable(7), _log_fn=lines.append,
+                                _output_dir=str(tmp_path))
+  logs = evaluator_lib.ClipKMaXEvaluator.eval_end(owner, scorer)
+  assert logs['evaluation/step/mIoU'] == pytest.approx(1.0)
+  assert logs['evaluation/step/VC8'] == pytest.approx(1.0)
+  assert logs['evaluation/step/VC16'] == pytest.approx(1.0)
+  assert 'evaluation/step/VPQ' not in logs
+  assert any('mIoU 1.000' in line for line in lines)
+  report = (tmp_path / 'metrics_step_7.json').read_text()
+  assert '"VC16": 1.0' in report
