@@ -59,12 +59,15 @@ def _build(model_name: str, frames: int):
   config_path, (height, width) = _MODELS[model_name]
   config = config_lib.load_experiment_config(os.path.join(_REPO, config_path))
   if model_name == 'demo':
+    # config.keep_every_segment, written out: the ref worker imports the package
+    # of an older commit, which may not have that helper.
     evaluator = config.evaluator_options
     evaluator.transformer_post_processing = 'pixelwise'
     evaluator.pixel_confidence_threshold = 0.0
     masks = evaluator.maskwise_postprocessing
     masks.transformer_class_confidence_threshold_thing = 0.0
     masks.transformer_class_confidence_threshold_stuff = 0.0
+    masks.overlapping_threshold = 0.0
     evaluator.thing_area_limit = evaluator.stuff_area_limit = 0
   config.eval_dataset_options.clip_length = frames
   keras.utils.set_random_seed(3)

@@ -23,14 +23,14 @@ checks that today's values equal it to 1e-12.
 """
 
 import argparse
-import subprocess
 import time
-import types
 
 import numpy as np
 
 from deeplab2_vkmax.evaluation import stq
 from deeplab2_vkmax.evaluation import video_panoptic_quality
+
+import git_ref  # bench/git_ref.py
 
 HEIGHT, WIDTH, DIVISOR, VOID = 375, 1242, 1000, 255
 ROAD, VEGETATION, SKY, PERSON, CAR = 0, 8, 10, 11, 13
@@ -134,15 +134,6 @@ class DeepLab2WorkSTQ:
     return {'STQ': float(np.sqrt(aq * iou)), 'AQ': aq, 'IoU': float(iou)}
 
 
-def load_stq_at(ref: str):
-  """evaluation/stq.py as it is at git `ref`, as a module."""
-  source = subprocess.run(['git', 'show', f'{ref}:evaluation/stq.py'], check=True,
-                          capture_output=True, text=True).stdout
-  module = types.ModuleType(f'stq_at_{ref}')
-  exec(compile(source, f'{ref}:evaluation/stq.py', 'exec'), module.__dict__)  # pylint: disable=exec-used
-  return module
-
-
 def time_metric(name, metric, generator, num_frames):
   wall = cpu = 0.0
   for t in range(num_frames):
@@ -173,7 +164,7 @@ def main():
   factories = [('STQ', lambda: stq.STQuality(*stq_args)),
                ('DeepLab2-work STQ', lambda: DeepLab2WorkSTQ(*stq_args))]
   if args.compare_ref:
-    old = load_stq_at(args.compare_ref)
+    old = git_ref.module_at(args.compare_ref, 'evaluation/stq.py')
     factories.append((f'STQ at {args.compare_ref}', lambda: old.STQuality(*stq_args)))
   if not args.skip_vpq:
     factories.append(('VPQ', lambda: video_panoptic_quality.VideoPanopticQuality(

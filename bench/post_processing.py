@@ -19,11 +19,8 @@ panoptic maps are equal.
 """
 
 import argparse
-import importlib.util
 import os
 import statistics
-import subprocess
-import tempfile
 import time
 
 import numpy as np
@@ -35,22 +32,10 @@ from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.data import synthetic
 from deeplab2_vkmax.model import builder
 
+import git_ref  # bench/git_ref.py
+
 _PATH = 'deeplab2_vkmax/model/post_processor/clip_post_processor.py'
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _module_at(ref: str):
-  """The post-processor module of git `ref`, from a temporary file (AutoGraph
-  converts functions whose source it can read)."""
-  source = subprocess.run(['git', 'show', f'{ref}:{_PATH}'], check=True, cwd=_REPO,
-                          capture_output=True, text=True).stdout
-  path = os.path.join(tempfile.mkdtemp(), 'clip_post_processor_at_ref.py')
-  with open(path, 'w', encoding='utf-8') as f:
-    f.write(source)
-  spec = importlib.util.spec_from_file_location('clip_post_processor_at_ref', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def _demo_inputs(run_dir: str):
@@ -126,7 +111,7 @@ def main():
   parser.add_argument('--run_dir', default='')
   parser.add_argument('--rounds', type=int, default=20)
   args = parser.parse_args()
-  old_module = _module_at(args.ref)
+  old_module = git_ref.module_at(args.ref, _PATH)
   print(f'| input | ids per clip | ref {args.ref} ms | now ms | now / ref | maps equal |')
   print('| --- | --- | --- | --- | --- | --- |')
   if args.run_dir:

@@ -43,13 +43,7 @@ def _export(path: str) -> None:
   keras.utils.set_random_seed(3)  # Several stuff and thing segments per frame.
   config = config_lib.load_experiment_config(
       os.path.join(_REPO, 'configs', 'synthetic', 'clip_kmax_tiny.textproto'))
-  evaluator = config.evaluator_options
-  evaluator.transformer_post_processing = 'pixelwise'
-  evaluator.pixel_confidence_threshold = 0.0
-  evaluator.maskwise_postprocessing.transformer_class_confidence_threshold_thing = 0.0
-  evaluator.maskwise_postprocessing.transformer_class_confidence_threshold_stuff = 0.0
-  evaluator.thing_area_limit = 0
-  evaluator.stuff_area_limit = 0
+  config_lib.keep_every_segment(config)
   model = clip_kmax.ClipKMaX(**clip_kmax.tiny_model_kwargs(num_classes=6))
   model(tf.zeros([1, 2, 65, 129, 3]), training=False)
   descriptor = dataset_lib.get_dataset_descriptor('synthetic')

@@ -34,14 +34,7 @@ _TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _module():
   keras.utils.set_random_seed(3)
-  config = config_lib.load_experiment_config(_TINY)
-  evaluator = config.evaluator_options
-  evaluator.transformer_post_processing = 'pixelwise'
-  evaluator.pixel_confidence_threshold = 0.0
-  masks = evaluator.maskwise_postprocessing
-  masks.transformer_class_confidence_threshold_thing = 0.0
-  masks.transformer_class_confidence_threshold_stuff = 0.0
-  evaluator.thing_area_limit = evaluator.stuff_area_limit = 0
+  config = config_lib.keep_every_segment(config_lib.load_experiment_config(_TINY))
   descriptor = dataset_lib.get_dataset_descriptor('synthetic')
   model = clip_kmax.ClipKMaX(**clip_kmax.tiny_model_kwargs(num_classes=6))
   model(tf.zeros([1, 2, 65, 129, 3]), training=False)

@@ -208,3 +208,22 @@ def load_experiment_config(path: str) -> config_pb2.ExperimentOptions:
   except (OSError, UnicodeDecodeError) as e:
     raise ConfigError(f'{path}: cannot read config: {e}') from None
   return parse_experiment_config(text, path)
+
+
+def keep_every_segment(config: config_pb2.ExperimentOptions) -> config_pb2.ExperimentOptions:
+  """Sets post-processing that keeps every segment of an untrained model.
+
+  Random weights never pass the real class and mask thresholds, so smoke runs,
+  tests and benchmarks of untrained models would see empty maps: this switches
+  to pixel-wise merging with every threshold and area limit at 0. Modifies and
+  returns `config`.
+  """
+  evaluator = config.evaluator_options
+  evaluator.transformer_post_processing = 'pixelwise'
+  evaluator.pixel_confidence_threshold = 0.0
+  masks = evaluator.maskwise_postprocessing
+  masks.transformer_class_confidence_threshold_thing = 0.0
+  masks.transformer_class_confidence_threshold_stuff = 0.0
+  masks.overlapping_threshold = 0.0
+  evaluator.thing_area_limit = evaluator.stuff_area_limit = 0
+  return config

@@ -144,7 +144,7 @@ class _JointCounter:
     """Adds a frame's new ids; False if the frame needs the sparse path."""
     new_gt, new_pred = self._gt.unknown(y_true), self._pred.unknown(y_pred)
     check(new_gt, new_pred)
-    if max(new_gt[-1:].max(initial=0), new_pred[-1:].max(initial=0)) >= _DENSE_ID_LIMIT:
+    if max([*new_gt[-1:], *new_pred[-1:], 0]) >= _DENSE_ID_LIMIT:  # Both sorted.
       return False
     num_bins = lambda: (len(self._gt.ids) + len(new_gt)) * _power_of_two_above(
         len(self._pred.ids) + len(new_pred))

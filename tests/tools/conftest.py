@@ -13,16 +13,7 @@ def tiny_config():
   """The demo config with thresholds at 0, so the untrained model keeps segments
   (things included) and association has work to do."""
   from deeplab2_vkmax import config as config_lib
-  config = config_lib.load_experiment_config(TINY_CONFIG)
-  evaluator = config.evaluator_options
-  evaluator.transformer_post_processing = "pixelwise"
-  evaluator.pixel_confidence_threshold = 0.0
-  evaluator.maskwise_postprocessing.transformer_class_confidence_threshold_thing = 0.0
-  evaluator.maskwise_postprocessing.transformer_class_confidence_threshold_stuff = 0.0
-  evaluator.maskwise_postprocessing.overlapping_threshold = 0.0
-  evaluator.thing_area_limit = 0
-  evaluator.stuff_area_limit = 0
-  return config
+  return config_lib.keep_every_segment(config_lib.load_experiment_config(TINY_CONFIG))
 
 
 @pytest.fixture(scope='session')
