@@ -453,7 +453,7 @@ def run_variant(data, clip_length, use_stitching, memory_type, *, tau=10,
   if key in _VARIANT_RESULTS:
     return _VARIANT_RESULTS[key][1]
   assoc = video_associater.VideoAssociater(
-      clip_length=clip_length, label_divisor=labels.label_divisor,
+      label_divisor=labels.label_divisor,
       thing_class_ids=list(labels.thing_class_ids), use_stitching=use_stitching,
       memory_type=memory_type, tau=tau, alpha=alpha, temperature=temperature,
       lam=lam)

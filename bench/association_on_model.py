@@ -34,11 +34,12 @@ import numpy as np
 
 import association  # bench/association.py: variants, tables, per-track buckets.
 from deeplab2_vkmax import common
+from deeplab2_vkmax.association import video_associater
 from deeplab2_vkmax.data import build_step_data
+from deeplab2_vkmax.data import clips
 from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.data import synthetic
 from deeplab2_vkmax.evaluation import evaluate
-from deeplab2_vkmax.evaluation import video_scorer
 
 
 @dataclasses.dataclass
@@ -68,22 +69,19 @@ def predict_videos(saved_model: str, file_pattern: str,
       clip_reader.read_sequences(file_pattern, descriptor)):
     if 0 <= max_num_sequences <= index:
       break
-    clips = {}
+    predictions = {}
     for clip_length in (1, 2):
-      overlap = clip_length - 1
-      clips[clip_length] = []
-      for start in video_scorer.clip_starts(len(labels), clip_length, overlap):
-        # T = 1 and T = 2 with a one-frame overlap never run past the end.
-        outputs = signature(**{common.EXPORT_INPUT_NAME:
-                               images[start:start + clip_length]})
-        clips[clip_length].append((
+      predictions[clip_length] = []
+      for clip in clips.sequence_clips(len(labels), clip_length):
+        outputs = signature(**{common.EXPORT_INPUT_NAME: images[clip.take]})
+        predictions[clip_length].append((
             outputs[common.PANOPTIC_PRED].numpy().astype(np.int32),
-            video_scorer.thing_embeddings(
+            video_associater.slot_embeddings(
                 outputs[common.SEGMENT_IDS].numpy(),
                 outputs[common.PRED_QUERY_EMBEDDINGS].numpy(),
                 descriptor.panoptic_label_divisor,
                 descriptor.class_has_instances_list)))
-    videos.append(ModelVideo(np.asarray(labels, np.int32), clips))
+    videos.append(ModelVideo(np.asarray(labels, np.int32), predictions))
   return videos
 
 

@@ -40,7 +40,7 @@ def make_frames(num_frames, num_objects, rng):
 
 def bench_association(frames, embeddings, clip_length, rng):
   assoc = video_associater.VideoAssociater(
-      clip_length=clip_length, label_divisor=DIVISOR, thing_class_ids=[PERSON, CAR])
+      label_divisor=DIVISOR, thing_class_ids=[PERSON, CAR])
   stride = max(clip_length - 1, 1)
   outputs, start = [], 0
   cpu, wall = [], []

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
 import dl2_packs  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from deeplab2_vkmax import common  # pylint: disable=wrong-import-position
-from deeplab2_vkmax.model import builder  # pylint: disable=wrong-import-position
+from deeplab2_vkmax import builder  # pylint: disable=wrong-import-position
 
 _GROUPS = (
     ('encoder', lambda k: k.startswith('encoder/')),

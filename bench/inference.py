@@ -55,7 +55,7 @@ def _build(model_name: str, frames: int):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from deeplab2_vkmax import config as config_lib  # pylint: disable=g-import-not-at-top
   from deeplab2_vkmax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-  from deeplab2_vkmax.model import builder  # pylint: disable=g-import-not-at-top
+  from deeplab2_vkmax import builder  # pylint: disable=g-import-not-at-top
   config_path, (height, width) = _MODELS[model_name]
   config = config_lib.load_experiment_config(os.path.join(_REPO, config_path))
   if model_name == 'demo':

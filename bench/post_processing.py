@@ -30,7 +30,7 @@ from deeplab2_vkmax import common
 from deeplab2_vkmax import config as config_lib
 from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.data import synthetic
-from deeplab2_vkmax.model import builder
+from deeplab2_vkmax import builder
 
 import git_ref  # bench/git_ref.py
 

@@ -37,7 +37,7 @@ def _export(path: str) -> None:
   from deeplab2_vkmax import config as config_lib  # pylint: disable=g-import-not-at-top
   from deeplab2_vkmax import export_model  # pylint: disable=g-import-not-at-top
   from deeplab2_vkmax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-  from deeplab2_vkmax.model import builder  # pylint: disable=g-import-not-at-top
+  from deeplab2_vkmax import builder  # pylint: disable=g-import-not-at-top
   from deeplab2_vkmax.model import clip_kmax  # pylint: disable=g-import-not-at-top
 
   keras.utils.set_random_seed(3)  # Several stuff and thing segments per frame.

@@ -25,7 +25,7 @@ from deeplab2_vkmax import config as config_lib
 from deeplab2_vkmax import export_model
 from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.data import synthetic
-from deeplab2_vkmax.model import builder
+from deeplab2_vkmax import builder
 from deeplab2_vkmax.model import clip_kmax
 
 _TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

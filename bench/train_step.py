@@ -32,7 +32,7 @@ Steps/s and peak memory for the tiny and R50 configs on this CPU, float32 vs
 mixed precision: with --compare_precision, every (config, dtype
 policy) pair runs in its own subprocess (so that the peak resident set size,
 `VmHWM` from /proc/self/status, belongs to it alone) and times the same train
-step with the model built under the policy (`export_model.dtype_policy_scope`)
+step with the model built under the policy (`precision.dtype_policy_scope`)
 and, for mixed_float16, AdamW wrapped in `keras.optimizers.LossScaleOptimizer`:
   python bench/train_step.py --compare_precision --configs=tiny \
       --batch=2 --frames=2 --height=65 --width=129 --repeats=10
@@ -57,9 +57,9 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab2_vkmax import common
-from deeplab2_vkmax import export_model
 from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.model import clip_kmax
+from deeplab2_vkmax.model import precision
 from deeplab2_vkmax.model.loss import clip_targets
 from deeplab2_vkmax.model.loss import kmax_loss
 from deeplab2_vkmax.model.loss import matchers
@@ -231,7 +231,7 @@ def _precision_child(config, policy, images, labels, repeats):
       thing_class_ids=_DESCRIPTOR.class_has_instances_list,
       num_mask_slots=kwargs.get('num_mask_slots', 128))
   y_true = {common.PANOPTIC_LABEL: labels}
-  with export_model.dtype_policy_scope(policy):
+  with precision.dtype_policy_scope(policy):
     model = clip_kmax.ClipKMaX(**kwargs)
     model(images[:1, :1], training=False)
   optimizer = keras.optimizers.AdamW(1e-4, weight_decay=0.05)

@@ -25,7 +25,6 @@ PANOPTIC_LABEL = 'panoptic_label'  # int32, semantic * label_divisor + instance.
 SEMANTIC_LABEL = 'semantic_label'  # int32, panoptic // label_divisor.
 SEQUENCE_ID = 'sequence_id'  # string, one per clip.
 FRAME_ID = 'frame_id'  # int32 [T], frame index inside the sequence.
-ORIGINAL_SIZE = 'original_size'  # int32 [2], a padded evaluation clip's frame (H, W).
 
 # The mean pixel: frames are padded with it, and the model maps it to 0
 # (`x / PAD_PIXEL_VALUE - 1`), so padding is neutral after normalisation.

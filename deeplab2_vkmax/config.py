@@ -7,7 +7,7 @@ the file, the line (where the text has one) and the field, e.g.
 
 `trainer/train.py` prints that line and exits non-zero, without a traceback.
 Defaults live in the protos; the few repeated fields that cannot carry a proto
-default are documented there and resolved by `deeplab2_vkmax.model.builder`.
+default are documented there and resolved by `deeplab2_vkmax.builder`.
 """
 
 import os
@@ -96,11 +96,6 @@ def _validate_dataset(path, text, config, prefix):
     raise _error(path, text, f'{prefix}.clip_length', f'must be >= 1, got {options.clip_length}')
   if options.frame_stride < 1:
     raise _error(path, text, f'{prefix}.frame_stride', f'must be >= 1, got {options.frame_stride}')
-  expected_overlap = 1 if options.clip_length >= 2 else 0
-  if prefix == 'eval_dataset_options' and options.clip_overlap != expected_overlap:
-    raise _error(path, text, f'{prefix}.clip_overlap',
-                 f'must be {expected_overlap} with clip_length {options.clip_length} (near-online '
-                 f'clips share one frame; online clips none), got {options.clip_overlap}')
   if options.synthetic.frame_size and len(options.synthetic.frame_size) != 2:
     raise _error(path, text, f'{prefix}.synthetic.frame_size',
                  f'needs [height, width], got {list(options.synthetic.frame_size)}')
@@ -170,6 +165,13 @@ def validate_experiment_config(config: config_pb2.ExperimentOptions, path: str =
                  f'must be positive, got {solver.training_number_of_steps}')
 
 
+# Fields configs once had, with what replaced them.
+_REMOVED_FIELDS = {
+    'clip_overlap': 'removed: the overlap follows from clip_length (one shared frame for '
+                    'T >= 2, none for T = 1); delete the line',
+}
+
+
 def parse_experiment_config(text: str, path: str = '<config>') -> config_pb2.ExperimentOptions:
   """Parses and validates textproto `text`; `path` is used in error messages."""
   config = config_pb2.ExperimentOptions()
@@ -179,6 +181,9 @@ def parse_experiment_config(text: str, path: str = '<config>') -> config_pb2.Exp
     match = _PARSE_ERROR_RE.match(str(e))
     if match:
       line, column, message = match.groups()
+      for field, hint in _REMOVED_FIELDS.items():
+        if f'named "{field}"' in message:
+          message = f'{field}: {hint}'
       raise ConfigError(f'{path}:{line}:{column}: {" ".join(message.split())}') from None
     raise ConfigError(f'{path}: {" ".join(str(e).split())}') from None
   validate_experiment_config(config, path, text)

@@ -26,10 +26,9 @@ and the quantization (`--tflite_quantization`: none, dynamic_range weights in
 int8, or float16 weights).
 """
 
-import contextlib
 import json
 import os
-from typing import Dict, Iterator, Optional
+from typing import Dict, Optional
 
 from absl import flags
 
@@ -63,42 +62,13 @@ import tensorflow as tf
 from deeplab2_vkmax import common
 from deeplab2_vkmax import config as config_lib
 from deeplab2_vkmax.data import dataset as dataset_lib
-from deeplab2_vkmax.model import builder
+from deeplab2_vkmax import builder
 from deeplab2_vkmax.model import checkpoint_utils
+from deeplab2_vkmax.model import precision
 from deeplab2_vkmax.protos import config_pb2
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
 _GRID = 32  # kMaX crops are 32k + 1 pixels: every stride-2 stage stays aligned.
-# `SolverOptions.mixed_precision` values: Keras 3 dtype policy names.
-MIXED_PRECISION_POLICIES = ('float32', 'mixed_float16', 'mixed_bfloat16')
-
-
-@contextlib.contextmanager
-def dtype_policy_scope(policy: str) -> Iterator[None]:
-  """Makes `policy` the global Keras dtype policy inside the block only.
-
-  Keras 3 layers take the global policy when they are constructed and keep it,
-  so building a model inside this block gives a mixed-precision model while
-  code that runs after it (other models, tests in the same process) still
-  sees the previous policy.
-
-  Args:
-    policy: One of `MIXED_PRECISION_POLICIES`.
-
-  Raises:
-    ValueError: If `policy` is not one of them.
-  """
-  if policy not in MIXED_PRECISION_POLICIES:
-    raise ValueError(f'mixed_precision must be one of {", ".join(MIXED_PRECISION_POLICIES)}; '
-                     f'got "{policy}"')
-  previous = keras.config.dtype_policy()
-  keras.config.set_dtype_policy(policy)
-  try:
-    yield
-  finally:
-    keras.config.set_dtype_policy(previous)
-
-
 class ClipKMaXExportModule(tf.Module):
   """Model + post-processing with uint8 in and panoptic maps out."""
 
@@ -244,7 +214,7 @@ def export_from_checkpoint(config: config_pb2.ExperimentOptions, checkpoint_path
   options = config.train_dataset_options
   # The run's dtype policy, as train_and_eval's export; variables are float32
   # under every policy, so any run's checkpoint restores.
-  with dtype_policy_scope(config.trainer_options.solver_options.mixed_precision):
+  with precision.dtype_policy_scope(config.trainer_options.solver_options.mixed_precision):
     model = builder.build_model(config, descriptor)
     model(tf.zeros([1, options.clip_length, *options.crop_size, 3]), training=False)
   # Strict: every model variable must come from the checkpoint (ValueError

@@ -32,6 +32,7 @@ import numpy as np
 
 from deeplab2_vkmax import common
 from deeplab2_vkmax import config as config_lib
+from deeplab2_vkmax.data import clips
 from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.protos import config_pb2
 
@@ -303,7 +304,7 @@ class Predictor:
   def _build_from_checkpoint(self, path: str) -> Dict[str, Callable[[np.ndarray], Dict[str, Any]]]:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     from deeplab2_vkmax import export_model  # pylint: disable=g-import-not-at-top
-    from deeplab2_vkmax.model import builder  # pylint: disable=g-import-not-at-top
+    from deeplab2_vkmax import builder  # pylint: disable=g-import-not-at-top
 
     resolved = tf.train.latest_checkpoint(path) if os.path.isdir(path) else path
     if not resolved or not tf.io.gfile.exists(resolved + '.index'):
@@ -331,12 +332,9 @@ class Predictor:
 
   def new_associater(self):
     """A fresh cross-clip associater for one video (the config's association
-    options, this predictor's clip length)."""
-    from deeplab2_vkmax.model import builder  # pylint: disable=g-import-not-at-top
-    config = config_pb2.ExperimentOptions()
-    config.CopyFrom(self.config)
-    config.eval_dataset_options.clip_length = self.clip_length
-    return builder.build_associater(config, self.descriptor)
+    options; it takes T from the clips it receives)."""
+    from deeplab2_vkmax import builder  # pylint: disable=g-import-not-at-top
+    return builder.build_associater(self.config, self.descriptor)
 
   def segment_clip(self, clip: np.ndarray) -> Dict[str, np.ndarray]:
     """Runs the model on one uint8 clip [T, H, W, 3] (no association).
@@ -376,11 +374,13 @@ class Predictor:
 
   def _segmented_clips(self, frames: Iterable[np.ndarray]):
     """(frame ids (-1: padding), model outputs, frames new in this clip) per clip."""
-    overlap = 1 if self.clip_length > 1 else 0
-    clip: List[np.ndarray] = []
-    frame_ids: List[int] = []
+    for frame_ids, clip, num_new in clips.stream_clips(self._checked_frames(frames),
+                                                       self.clip_length):
+      yield frame_ids, self.segment_clip(clip), num_new
+
+  def _checked_frames(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """`frames` as arrays, refusing any that is not uint8 [H, W, 3] of one size."""
     shape = None
-    ran_a_clip = False
     for index, frame in enumerate(frames):
       frame = np.asarray(frame)
       if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
@@ -396,26 +396,7 @@ class Predictor:
             f'{self.input_size[0]}x{self.input_size[1]} frames (fixed at export; export '
             f'one with --format=tflite --tflite_input_size={height},{width})')
       shape = frame.shape
-      clip.append(frame)
-      frame_ids.append(index)
-      if len(clip) == self.clip_length:
-        yield frame_ids, self.segment_clip(np.stack(clip)), len(clip) - overlap * ran_a_clip
-        ran_a_clip = True
-        # Near-online clips share their last frame with the next clip.
-        clip, frame_ids = clip[len(clip) - overlap:], frame_ids[len(frame_ids) - overlap:]
-    if len(clip) > (overlap if ran_a_clip else 0):
-      padding = self.clip_length - len(clip)
-      new = len(clip) - overlap * ran_a_clip
-      clip, frame_ids = clip + [clip[-1]] * padding, frame_ids + [-1] * padding
-      yield frame_ids, self.segment_clip(np.stack(clip)), new
-
-  def _thing_embeddings(self, segment_ids: np.ndarray,
-                        query_embeddings: np.ndarray) -> Dict[int, np.ndarray]:
-    """{panoptic id: query embedding [E]} of the clip's kept thing segments."""
-    is_thing = np.isin(segment_ids // self.label_divisor,
-                       self.descriptor.class_has_instances_list)
-    keep = np.flatnonzero((segment_ids % self.label_divisor > 0) & is_thing)
-    return {int(segment_ids[i]): np.asarray(query_embeddings[i], np.float32) for i in keep}
+      yield frame
 
   def _associate_clip(self, associater, frame_ids: List[int],
                       outputs: Dict[str, np.ndarray]) -> Iterator[FrameResult]:
@@ -426,9 +407,8 @@ class Predictor:
     for segment_id, score in zip(segment_ids, segment_scores):
       if score > 0:  # Kept slots only; stuff class 0 has id 0.
         scores[int(segment_id)] = max(scores.get(int(segment_id), 0.0), float(score))
-    emitted = associater.update(
-        np.asarray(clip_panoptic, np.int32),
-        self._thing_embeddings(segment_ids, outputs[common.PRED_QUERY_EMBEDDINGS]))
+    emitted = associater.update_from_slots(clip_panoptic, segment_ids,
+                                           outputs[common.PRED_QUERY_EMBEDDINGS])
     # The associater emits the clip's last len(emitted) frames; padding has id -1.
     first = len(frame_ids) - len(emitted)
     for clip_index, panoptic in enumerate(emitted, start=first):

@@ -11,7 +11,7 @@ cut into clips of `clip_length` frames: near-online (T >= 2) clips advance by
 T - 1 and share one frame, which video stitching matches on; online (T = 1)
 clips do not overlap (Video-kMaX, Sec. 3.2). The SavedModel's `serving_default`
 signature segments a clip (pre- and post-processing inside the graph); the
-stateful associater (`model.builder.build_associater`: stitching + HiLA-MB or
+stateful associater (`builder.build_associater`: stitching + HiLA-MB or
 naive-MB, options from the config) gives video-level ids; `video_scorer.VideoScorer`
 feeds every frame, once, with its final ids to the metrics. This is the same
 scorer the trainer's eval mode uses.
@@ -24,12 +24,13 @@ SavedModel; the metrics are numpy.
 """
 
 import concurrent.futures
+import itertools
 import json
 import multiprocessing
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from deeplab2_vkmax import cli
 from deeplab2_vkmax import common
 from deeplab2_vkmax import config as config_lib
 from deeplab2_vkmax import overlap as overlap_lib
+from deeplab2_vkmax.data import clips
 from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.evaluation import mean_iou
 from deeplab2_vkmax.evaluation import panoptic_quality
@@ -157,69 +159,58 @@ def check_dataset_matches(saved_model: str,
         f'divisor {descriptor.panoptic_label_divisor}')
 
 
-def load_config(saved_model: str, config_file: Optional[str],
-                clip_length: int) -> config_pb2.ExperimentOptions:
+def load_config(saved_model: str,
+                config_file: Optional[str]) -> config_pb2.ExperimentOptions:
   """The association options: --config_file, else the SavedModel's own config."""
   path = config_file or os.path.join(saved_model, common.CONFIG_FILENAME)
   if config_file or os.path.isfile(path):
-    config = config_lib.load_experiment_config(path)
-  else:
-    config = config_pb2.ExperimentOptions()
-  config.eval_dataset_options.clip_length = clip_length
-  return config
+    return config_lib.load_experiment_config(path)
+  return config_pb2.ExperimentOptions()
 
 
-def _evaluate_shard(options: Dict[str, Any], worker: int, num_workers: int) -> Dict[str, Any]:
-  """Evaluates the sequences with index % num_workers == worker (runs in a worker)."""
-  from deeplab2_vkmax.data import clip_reader  # pylint: disable=g-import-not-at-top
-  from deeplab2_vkmax.model import builder  # pylint: disable=g-import-not-at-top
+def score_sequences(segment: Callable[[np.ndarray], Mapping[str, Any]],
+                    sequences: Iterable[Tuple[str, np.ndarray, np.ndarray]],
+                    scorer: video_scorer.VideoScorer, *, clip_length: int,
+                    queue_depth: int = 2, writer=None, progress: bool = False,
+                    position: int = 0) -> Dict[str, Any]:
+  """The evaluation loop of every evaluation: this CLI and the trainer's.
+
+  Cuts each sequence into clips (`deeplab2_vkmax.data.clips`), segments each clip
+  with `segment` (the export's serving function: pre- and post-processing in the
+  graph), and hands it to `scorer` (association, then metrics) and `writer`. The
+  model stage runs up to `queue_depth` clips ahead of the host stage
+  (`deeplab2_vkmax.overlap`).
+
+  Args:
+    segment: uint8 [T, H, W, 3] -> the serving outputs (tensors or arrays).
+    sequences: (sequence id, uint8 images [F, H, W, 3], int32 labels [F, H, W]).
+    scorer: receives every clip in order.
+    clip_length: T.
+    queue_depth: clips the model stage may run ahead; 0 = one after the other.
+    writer: optional `prediction_io` writer of the emitted frames.
+    progress: show a progress bar per sequence.
+    position: the progress bars' line (one per worker).
+
+  Returns:
+    The stages' throughput (`StageClock.report`).
+  """
   import tqdm  # pylint: disable=g-import-not-at-top
-  descriptor = dataset_lib.get_dataset_descriptor(options['dataset'])
-  config = load_config(options['saved_model'], options['config_file'], options['clip_length'])
-  signature = load_serving_signature(options['saved_model'])
-  metrics = build_metrics(options['metrics'], descriptor, options['vpq_windows'])
-  scorer = video_scorer.VideoScorer(
-      associater_fn=lambda: builder.build_associater(config, descriptor),
-      metrics=metrics, label_divisor=descriptor.panoptic_label_divisor,
-      thing_class_ids=descriptor.class_has_instances_list)
-  writer = None
-  if options['save_predictions']:
-    writer = prediction_io.make_writer(
-        options['save_predictions'], os.path.join(options['output_dir'], 'predictions'),
-        label_divisor=descriptor.panoptic_label_divisor, ignore_label=descriptor.ignore_label)
-  clip_length = options['clip_length']
-  overlap = 1 if clip_length > 1 else 0
 
   def model_stage():
-    """(sequence id, frame ids, outputs, labels, progress, frames new in the clip)
-    per clip: read + model."""
-    sequences = clip_reader.read_sequences(options['file_pattern'], descriptor)
-    for index, (sequence_id, images, labels) in enumerate(sequences):
-      if 0 <= options['max_num_sequences'] <= index:
-        break
-      if index % num_workers != worker:
-        continue
-      num_frames = len(labels)
-      progress = tqdm.tqdm(total=num_frames, desc=f'sequence {sequence_id}', unit='frame',
-                           position=worker, leave=False, file=sys.stderr,
-                           disable=not options['progress'])
-      seen = 0  # Frames of this sequence covered by earlier clips.
-      for start in video_scorer.clip_starts(num_frames, clip_length, overlap):
-        frames = np.arange(start, start + clip_length)
-        take = np.minimum(frames, num_frames - 1)  # Padding repeats the last frame.
-        outputs = signature(**{common.EXPORT_INPUT_NAME: images[take]})
-        new = min(start + clip_length, num_frames) - seen
-        seen += new
-        yield (sequence_id, np.where(frames < num_frames, frames, -1),
-               {name: outputs[name].numpy() for name in _REQUIRED_OUTPUTS},
-               labels[take], progress, new)
+    """(sequence id, frame ids, outputs, labels, progress, frames new in the clip)."""
+    for sequence_id, images, labels in sequences:
+      bar = tqdm.tqdm(total=len(labels), desc=f'sequence {sequence_id}', unit='frame',
+                      position=position, leave=False, file=sys.stderr, disable=not progress)
+      for clip in clips.sequence_clips(len(labels), clip_length):
+        outputs = segment(images[clip.take])
+        yield (sequence_id, clip.frame_ids,
+               {name: np.asarray(outputs[name]) for name in _REQUIRED_OUTPUTS},
+               labels[clip.take], bar, clip.num_new)
 
-  # The model stage runs up to `queue_depth` clips ahead of association, metrics
-  # and writers (deeplab2_vkmax.overlap).
   clock = overlap_lib.StageClock()
-  last_progress = None
-  for sequence_id, frame_ids, outputs, labels, progress, _ in overlap_lib.run_ahead(
-      clock.timed('model', model_stage(), lambda item: item[5]), options['queue_depth']):
+  last_bar = None
+  for sequence_id, frame_ids, outputs, labels, bar, _ in overlap_lib.run_ahead(
+      clock.timed('model', model_stage(), lambda item: item[5]), queue_depth):
     start = time.perf_counter()
     emitted = scorer.add_clip(
         sequence_id=sequence_id, frame_ids=frame_ids,
@@ -229,17 +220,43 @@ def _evaluate_shard(options: Dict[str, Any], worker: int, num_workers: int) -> D
       if writer is not None:
         writer.write(sequence_id, frame_id, frame)
     clock.add('host', time.perf_counter() - start, len(emitted))
-    if last_progress is not None and progress is not last_progress:
-      last_progress.close()
-    last_progress = progress
-    progress.update(len(emitted))
-  if last_progress is not None:
-    last_progress.close()
+    if last_bar is not None and bar is not last_bar:
+      last_bar.close()
+    last_bar = bar
+    bar.update(len(emitted))
+  if last_bar is not None:
+    last_bar.close()
+  return clock.report()
+
+
+def _evaluate_shard(options: Dict[str, Any], worker: int, num_workers: int) -> Dict[str, Any]:
+  """Evaluates the sequences with index % num_workers == worker (runs in a worker)."""
+  from deeplab2_vkmax.data import clip_reader  # pylint: disable=g-import-not-at-top
+  from deeplab2_vkmax import builder  # pylint: disable=g-import-not-at-top
+  descriptor = dataset_lib.get_dataset_descriptor(options['dataset'])
+  config = load_config(options['saved_model'], options['config_file'])
+  signature = load_serving_signature(options['saved_model'])
+  metrics = build_metrics(options['metrics'], descriptor, options['vpq_windows'])
+  scorer = video_scorer.VideoScorer(
+      associater_fn=lambda: builder.build_associater(config, descriptor), metrics=metrics)
+  writer = None
+  if options['save_predictions']:
+    writer = prediction_io.make_writer(
+        options['save_predictions'], os.path.join(options['output_dir'], 'predictions'),
+        label_divisor=descriptor.panoptic_label_divisor, ignore_label=descriptor.ignore_label)
+  sequences = clip_reader.read_sequences(options['file_pattern'], descriptor)
+  mine = (sequence for index, sequence in enumerate(
+      itertools.islice(sequences, options['max_num_sequences'])
+      if options['max_num_sequences'] >= 0 else sequences) if index % num_workers == worker)
+  throughput = score_sequences(
+      lambda clip: signature(**{common.EXPORT_INPUT_NAME: clip}), mine, scorer,
+      clip_length=options['clip_length'], queue_depth=options['queue_depth'], writer=writer,
+      progress=options['progress'], position=worker)
   return {'metrics': metrics, 'num_frames': scorer.num_frames,
           'num_sequences': scorer.num_sequences,
           'association': scorer.association_statistics,
           'predictions': writer.finish() if writer is not None else {},
-          'throughput': clock.report()}
+          'throughput': throughput}
 
 
 def _merge(shards: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -334,7 +351,7 @@ def format_throughput(throughput: List[Dict[str, float]], queue_depth: int) -> s
 
 
 def run_evaluation(*, saved_model: str, dataset: str, file_pattern: str, output_dir: str,
-                   clip_length: int = 2, config_file: Optional[str] = None,
+                   clip_length: Optional[int] = None, config_file: Optional[str] = None,
                    num_workers: int = 1, metrics: Optional[Sequence[str]] = None,
                    vpq_windows=None, save_predictions: Optional[str] = None,
                    max_num_sequences: int = -1, progress: bool = True,
@@ -346,9 +363,10 @@ def run_evaluation(*, saved_model: str, dataset: str, file_pattern: str, output_
     dataset: data set registry name (classes, things, ignore label, divisor).
     file_pattern: TFRecord glob (build_step_data layout); `$VARS` expanded.
     output_dir: where metrics.json (and predictions/) go.
-    clip_length: frames per clip T (1 = online, >= 2 near-online, stride T - 1).
-    config_file: ExperimentOptions textproto for the association options; default
-      the SavedModel's config.textproto, else the proto defaults.
+    clip_length: frames per clip T (1 = online, >= 2 near-online, stride T - 1);
+      default the config's `eval_dataset_options.clip_length`.
+    config_file: ExperimentOptions textproto for T and the association options;
+      default the SavedModel's config.textproto, else the proto defaults.
     num_workers: parallel worker processes (sequences dealt round-robin).
     metrics: names from METRICS; default per data set (`default_metrics`).
     vpq_windows: preset name or window sizes; default per data set.
@@ -375,6 +393,9 @@ def run_evaluation(*, saved_model: str, dataset: str, file_pattern: str, output_
   descriptor = dataset_lib.get_dataset_descriptor(dataset)
   if not os.path.isdir(saved_model):
     raise ValueError(f'--saved_model={saved_model}: no such folder')
+  config = load_config(saved_model, config_file)
+  if clip_length is None:
+    clip_length = config.eval_dataset_options.clip_length
   if clip_length < 1:
     raise ValueError(f'clip_length must be >= 1; received {clip_length}.')
   if num_workers < 1:
@@ -390,7 +411,6 @@ def run_evaluation(*, saved_model: str, dataset: str, file_pattern: str, output_
   vpq_windows = vpq_windows or default_vpq_windows(dataset)
   build_metrics(metrics, descriptor, vpq_windows)  # Fail early on bad names.
   check_dataset_matches(saved_model, descriptor)
-  load_config(saved_model, config_file, clip_length)
   options = dict(saved_model=saved_model, dataset=dataset, file_pattern=file_pattern,
                  output_dir=output_dir, clip_length=clip_length, config_file=config_file,
                  metrics=metrics, vpq_windows=vpq_windows,
@@ -447,7 +467,8 @@ if __name__ == '__main__':
   flags.DEFINE_string('dataset', None, 'Data set registry name, e.g. kitti_step.')
   flags.DEFINE_string('file_pattern', None, 'TFRecord glob of the evaluated split.')
   flags.DEFINE_string('output_dir', None, 'Where metrics.json and predictions/ go.')
-  flags.DEFINE_integer('clip_length', 2, 'Frames per clip: 1 online, >= 2 near-online.')
+  flags.DEFINE_integer('clip_length', None, 'Frames per clip: 1 online, >= 2 near-online; '
+                       'default: the config\'s eval clip_length.')
   flags.DEFINE_string('config_file', None, 'ExperimentOptions textproto (association '
                       'options); default: the SavedModel\'s config.textproto.')
   flags.DEFINE_integer('num_workers', 1, 'Worker processes (sequences in parallel).')

@@ -25,6 +25,8 @@ from typing import Any, Dict, Iterator, List, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from deeplab2_vkmax.data import step_png
+
 FORMATS = ('kitti_step', 'vipseg', 'vspw')
 
 
@@ -48,12 +50,12 @@ class KittiStepWriter:
 
   def write(self, sequence_id: str, frame_id: int, panoptic: np.ndarray) -> None:
     """Writes one frame int [H, W] of panoptic ids."""
-    semantic = panoptic // self._label_divisor
-    instance = panoptic % self._label_divisor
-    if semantic.max() > 255 or instance.max() >= 256 * 256:
-      raise ValueError(f'frame {sequence_id}/{frame_id}: semantic {semantic.max()} or '
-                       f'instance {instance.max()} does not fit the KITTI-STEP RGB encoding.')
-    rgb = np.stack([semantic, instance // 256, instance % 256], axis=-1).astype(np.uint8)
+    semantic, instance = np.divmod(np.asarray(panoptic, np.int64), self._label_divisor)
+    try:
+      rgb = step_png.encode_panoptic_rgb(semantic, instance)
+    except ValueError as e:
+      raise ValueError(f'frame {sequence_id}/{frame_id}: {e} (the KITTI-STEP RGB '
+                       'encoding)') from None
     _save_png(os.path.join(self.output_dir, str(sequence_id), f'{frame_id:06d}.png'), rgb)
 
   def finish(self) -> Dict[str, Any]:
@@ -62,8 +64,7 @@ class KittiStepWriter:
 
 def read_kitti_step(path: str, label_divisor: int) -> np.ndarray:
   """A KITTI-STEP PNG -> int32 [H, W] panoptic ids."""
-  rgb = _load_png(path).astype(np.int32)
-  return rgb[..., 0] * label_divisor + rgb[..., 1] * 256 + rgb[..., 2]
+  return step_png.decode_panoptic_rgb(_load_png(path), label_divisor)
 
 
 class VipsegWriter:

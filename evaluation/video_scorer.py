@@ -8,39 +8,9 @@ ids, to the metrics. The trainer's eval mode and the SavedModel evaluator share 
 Numpy only.
 """
 
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
-
-
-def clip_starts(num_frames: int, clip_length: int, clip_overlap: int) -> List[int]:
-  """First frame of each evaluation clip: every frame is covered, clips share
-  `clip_overlap` frames, and the last clip may run past the end (padded).
-
-  Shared by the trainer's evaluation and the SavedModel evaluator.
-  """
-  step = clip_length - clip_overlap
-  return list(range(0, max(num_frames - clip_overlap, 1), step))
-
-
-def thing_embeddings(segment_ids: np.ndarray, query_embeddings: np.ndarray,
-                     label_divisor: int,
-                     thing_class_ids: Sequence[int]) -> Dict[int, np.ndarray]:
-  """The associater's `embeddings` input from the SavedModel's outputs.
-
-  Args:
-    segment_ids: int [N] panoptic id of each mask slot's kept segment (0 = none).
-    query_embeddings: float [N, E] the slots' query embeddings.
-    label_divisor: panoptic label divisor.
-    thing_class_ids: classes that are things.
-
-  Returns:
-    {thing panoptic id: float32 [E] embedding}.
-  """
-  segment_ids = np.asarray(segment_ids).reshape(-1)
-  is_thing = np.isin(segment_ids // label_divisor, thing_class_ids)
-  keep = np.flatnonzero((segment_ids > 0) & is_thing)
-  return {int(segment_ids[i]): np.asarray(query_embeddings[i], np.float32) for i in keep}
 
 
 def jsonable(value):
@@ -64,18 +34,15 @@ class VideoScorer:
   """
 
   def __init__(self, *, associater_fn: Callable[[], object], metric=None,
-               label_divisor: int, thing_class_ids: Sequence[int],
                metrics: Optional[Mapping[str, object]] = None):
     """Initialises the scorer.
 
     Args:
-      associater_fn: Creates a fresh associater with `update(panoptic,
-        embeddings) -> list of frames` (deeplab2_vkmax.association).
+      associater_fn: Creates a fresh `VideoAssociater` (its `update_from_slots`
+        takes the clip's outputs).
       metric: A streaming metric with `update_state(y_true, y_pred,
         sequence_id)` and `result()` (e.g. STQuality); `result()` returns its
         result. Optional when `metrics` is given (then its first entry).
-      label_divisor: Panoptic label divisor.
-      thing_class_ids: Classes whose segments carry embeddings for association.
       metrics: More named streaming metrics fed the same frames (STQ, VPQ, PQ,
         mIoU, VC ...); `results()` returns all of them by name.
 
@@ -90,8 +57,6 @@ class VideoScorer:
     # Every distinct metric object, each updated once per frame.
     self._all_metrics = [self.metric] + [m for m in self.metrics.values()
                                          if m is not self.metric]
-    self._label_divisor = label_divisor
-    self._thing_class_ids = np.asarray(sorted(thing_class_ids), np.int64)
     self._associater = None
     self._sequence_id = None
     self.num_frames = 0
@@ -122,8 +87,7 @@ class VideoScorer:
       self._associater = self._associater_fn()
       self._sequence_id = sequence_id
       self.num_sequences += 1
-    embeddings = self._thing_embeddings(segment_ids, query_embeddings)
-    frames = self._associater.update(np.asarray(panoptic, np.int32), embeddings)
+    frames = self._associater.update_from_slots(panoptic, segment_ids, query_embeddings)
     emitted_ids = np.asarray(frame_ids)[len(frame_ids) - len(frames):]
     emitted = []
     for index, (frame_id, frame) in enumerate(zip(emitted_ids, frames)):
@@ -138,11 +102,6 @@ class VideoScorer:
     if hasattr(self._associater, 'statistics'):
       self.association_statistics[sequence_id] = self._associater.statistics()
     return emitted
-
-  def _thing_embeddings(self, segment_ids: np.ndarray,
-                        query_embeddings: np.ndarray) -> Dict[int, np.ndarray]:
-    return thing_embeddings(segment_ids, query_embeddings, self._label_divisor,
-                            self._thing_class_ids)
 
   def result(self) -> Dict[str, object]:
     return self.metric.result()

@@ -78,12 +78,15 @@ def test_bad_choice_names_line_and_allowed_values(tmp_path):
   assert 'hila, naive, none' in message
 
 
-def test_crop_size_and_clip_overlap_are_checked(tmp_path):
+def test_crop_size_is_checked_and_removed_clip_overlap_is_explained(tmp_path):
   text = TINY.read_text().replace('crop_size: [65, 129]', 'crop_size: [65]', 1)
   with pytest.raises(config.ConfigError, match='train_dataset_options.crop_size'):
     config.load_experiment_config(_write(tmp_path, text))
-  text = TINY.read_text().replace('clip_overlap: 1', 'clip_overlap: 2')
-  with pytest.raises(config.ConfigError, match='eval_dataset_options.clip_overlap'):
+  text = TINY.read_text().replace('clip_length: 2\n  synthetic', 'clip_length: 2\n  '
+                                  'clip_overlap: 1\n  synthetic')
+  with pytest.raises(config.ConfigError,
+                     match=r'bad.textproto:\d+:\d+: clip_overlap: removed: the '
+                           'overlap follows from clip_length'):
     config.load_experiment_config(_write(tmp_path, text))
   # A crop below the encoder's stride 32 used to train without a word.
   text = TINY.read_text().replace('crop_size: [65, 129]', 'crop_size: [3, 3]', 1)

@@ -1,100 +1,73 @@
-"""Orbit evaluator: per-sequence clips -> post-processing -> association -> STQ.
+"""Orbit evaluator: the CLI evaluator's code path on the model being trained.
 
-`eval_step` runs the model and the in-graph tube post-processor on one clip
-(inside a tf.function); `eval_reduce` hands the clip to the host-side
-`VideoScorer` (video stitching + HiLA-MB, then STQ); `eval_end` returns STQ, AQ
-and IoU (STQ's segmentation quality SQ) and writes them, per sequence too, as JSON
-under the eval directory (where IoU is named SQ). Orbit's controller writes the
-returned dict as scalar summaries under their names, unprefixed, into the eval
-summary directory: `evaluation/step/{STQ,AQ,IoU,VPQ}`.
+Every clip goes through the serving function `export_model.ClipKMaXExportModule`
+(uint8 in; padding, model and tube post-processing in the graph) and then
+`evaluation.evaluate.score_sequences` (clip cutting, association, metrics), so a
+number in TensorBoard is computed by the same code as the number
+`deeplab2_vkmax.evaluation.evaluate` gives for the exported SavedModel.
+`evaluate` returns STQ, AQ and IoU (STQ's segmentation quality SQ) and the data
+set's other metrics, and writes them, per sequence too, as JSON under the eval
+directory (where IoU is named SQ). Orbit's controller writes the returned dict
+as scalar summaries under their names, unprefixed, into the eval summary
+directory: `evaluation/step/{STQ,AQ,IoU,VPQ,...}`.
 """
 
 import json
 import os
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import keras
 import numpy as np
 import orbit
 import tensorflow as tf
 
-from deeplab2_vkmax import common
+from deeplab2_vkmax import export_model
 from deeplab2_vkmax.evaluation import evaluate
 from deeplab2_vkmax.evaluation import video_scorer
 
-ORIGINAL_SIZE = common.ORIGINAL_SIZE
 
-
-class ClipKMaXEvaluator(orbit.StandardEvaluator):
+class ClipKMaXEvaluator(orbit.AbstractEvaluator):
   """Evaluates clip-kMaX + association on whole sequences."""
 
-  def __init__(self, *, strategy: tf.distribute.Strategy, model: keras.Model, post_processor,
-               eval_dataset, scorer_fn: Callable[[], video_scorer.VideoScorer],
+  def __init__(self, *, model: keras.Model, post_processor,
+               sequences_fn: Callable[[], Iterable[Tuple[str, np.ndarray, np.ndarray]]],
+               clip_length: int, scorer_fn: Callable[[], video_scorer.VideoScorer],
                global_step: tf.Variable, output_dir: Optional[str] = None, log_fn=print):
     """Initialises the evaluator.
 
     Args:
-      strategy: The distribution strategy.
       model: The clip-kMaX model.
       post_processor: A `ClipPostProcessor`.
-      eval_dataset: Clips of batch size 1, sequences in order, clips of a
-        sequence in order (see trainer/data_lib.py).
+      sequences_fn: Yields the evaluated sequences: (sequence id, uint8 images
+        [F, H, W, 3], int32 labels [F, H, W]).
+      clip_length: T of the evaluation clips.
       scorer_fn: Creates a fresh `VideoScorer` for one evaluation.
       global_step: The training step (names the result files).
       output_dir: Where `metrics_step_<step>.json` is written; None = nowhere.
       log_fn: Where the result table goes.
     """
-    self._strategy = strategy
-    self._model = model
-    self._post_processor = post_processor
+    self._module = export_model.ClipKMaXExportModule(model, post_processor)
+    self._sequences_fn = sequences_fn
+    self._clip_length = clip_length
     self._scorer_fn = scorer_fn
     self._global_step = global_step
     self._output_dir = output_dir
     self._log_fn = log_fn
-    super().__init__(eval_dataset, options=orbit.StandardEvaluatorOptions(use_tf_function=True))
 
-  def eval_begin(self) -> video_scorer.VideoScorer:
-    return self._scorer_fn()
+  def evaluate(self, num_steps) -> Dict[str, float]:
+    """Scores every sequence (`num_steps` must be -1: whole sequences only;
+    `evaluator_options.max_num_sequences` limits them)."""
+    if int(num_steps) != -1:
+      raise ValueError(f'the evaluator scores whole sequences: steps must be -1, got '
+                       f'{int(num_steps)} (limit evaluator_options.max_num_sequences instead)')
+    scorer = self._scorer_fn()
+    evaluate.score_sequences(self._module.serve, self._sequences_fn(), scorer,
+                             clip_length=self._clip_length)
+    return self.eval_end(scorer)
 
-  def _replica_step(self, inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-    images = inputs[common.IMAGE]  # [1, T, H, W, 3]
-    outputs = self._model(images, training=False)
-    crop_size = tf.shape(images)[2:4]
-    processed = self._post_processor(outputs, crop_size)
-    return {
-        common.PANOPTIC_PRED: processed[common.PANOPTIC_PRED],
-        common.SEGMENT_IDS: processed[common.SEGMENT_IDS],
-        common.PRED_QUERY_EMBEDDINGS: processed[common.PRED_QUERY_EMBEDDINGS],
-        common.PANOPTIC_LABEL: inputs[common.PANOPTIC_LABEL],
-        common.SEQUENCE_ID: inputs[common.SEQUENCE_ID],
-        common.FRAME_ID: inputs[common.FRAME_ID],
-        ORIGINAL_SIZE: inputs[ORIGINAL_SIZE],
-    }
-
-  def eval_step(self, iterator):
-    return self._strategy.run(self._replica_step, args=(next(iterator),))
-
-  def eval_reduce(self, state, step_outputs):
-    local = {key: self._strategy.experimental_local_results(value)
-             for key, value in step_outputs.items()}
-    for replica in range(len(local[common.PANOPTIC_PRED])):
-      values = {key: np.asarray(value[replica]) for key, value in local.items()}
-      for b in range(values[common.PANOPTIC_PRED].shape[0]):
-        height, width = values[ORIGINAL_SIZE][b]
-        sequence_id = values[common.SEQUENCE_ID][b]
-        if isinstance(sequence_id, bytes):
-          sequence_id = sequence_id.decode('utf-8')
-        state.add_clip(
-            sequence_id=sequence_id,
-            frame_ids=values[common.FRAME_ID][b],
-            panoptic=values[common.PANOPTIC_PRED][b][:, :height, :width],
-            segment_ids=values[common.SEGMENT_IDS][b],
-            query_embeddings=values[common.PRED_QUERY_EMBEDDINGS][b],
-            labels=values[common.PANOPTIC_LABEL][b][:, :height, :width])
-    return state
-
-  def eval_end(self, state=None) -> Dict[str, float]:
-    if state is None:
+  def eval_end(self, state: video_scorer.VideoScorer) -> Dict[str, float]:
+    """Logs and writes the scores of a finished evaluation; returns the summaries."""
+    if not state.num_frames:
       raise ValueError('The evaluation data set yielded no clip: check eval_dataset_options '
                        '(file_pattern, split, max_num_sequences).')
     result = state.result()

@@ -12,10 +12,10 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from deeplab2_vkmax import export_model
+from deeplab2_vkmax.model import precision
 from deeplab2_vkmax.protos import trainer_pb2
 
-MIXED_PRECISION_POLICIES = export_model.MIXED_PRECISION_POLICIES
+MIXED_PRECISION_POLICIES = precision.MIXED_PRECISION_POLICIES
 
 # DeepLab2's AdamW (`trainer/trainer.py _create_optimizer`) decays the variables
 # whose name matches `.*(kernel|weight):0$`: conv, dense, depthwise and qkv

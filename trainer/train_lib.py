@@ -37,7 +37,8 @@ from deeplab2_vkmax import export_model
 from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.evaluation import evaluate
 from deeplab2_vkmax.evaluation import video_scorer
-from deeplab2_vkmax.model import builder
+from deeplab2_vkmax import builder
+from deeplab2_vkmax.model import precision
 from deeplab2_vkmax.protos import config_pb2
 from deeplab2_vkmax.trainer import checkpoints
 from deeplab2_vkmax.trainer import data_lib
@@ -177,7 +178,7 @@ def build_experiment(config: config_pb2.ExperimentOptions, model_dir: str,
   descriptor = data_lib.dataset_descriptor(config.train_dataset_options)
   with strategy.scope():
     # Layers keep the policy they are built under; the global one is restored.
-    with export_model.dtype_policy_scope(
+    with precision.dtype_policy_scope(
         config.trainer_options.solver_options.mixed_precision):
       model = builder.build_model(config, descriptor)
       build_model_variables(model, config)
@@ -243,22 +244,23 @@ def make_scorer_fn(config: config_pb2.ExperimentOptions,
     metrics = evaluate.build_metrics(names, descriptor, windows)
     return video_scorer.VideoScorer(
         associater_fn=lambda: builder.build_associater(config, descriptor),
-        metric=metrics['stq'], metrics=metrics,
-        label_divisor=descriptor.panoptic_label_divisor,
-        thing_class_ids=descriptor.class_has_instances_list)
+        metric=metrics['stq'], metrics=metrics)
   return scorer_fn
 
 
 def build_evaluator(experiment: Experiment, log_fn=print) -> evaluator_lib.ClipKMaXEvaluator:
+  """The trainer's evaluator: the CLI evaluator's path (serving function, clip
+  cutting, association, metrics) on `eval_dataset_options`' sequences."""
   config = experiment.config
   eval_options = config.eval_dataset_options
   eval_descriptor = data_lib.dataset_descriptor(eval_options)
-  dataset = data_lib.build_eval_dataset(eval_options, eval_descriptor,
-                                        config.evaluator_options.max_num_sequences)
   return evaluator_lib.ClipKMaXEvaluator(
-      strategy=experiment.strategy, model=experiment.model,
+      model=experiment.model,
       post_processor=builder.build_post_processor(config, eval_descriptor),
-      eval_dataset=dataset, scorer_fn=make_scorer_fn(config, eval_descriptor),
+      sequences_fn=lambda: data_lib.eval_sequences(
+          eval_options, eval_descriptor, config.evaluator_options.max_num_sequences),
+      clip_length=eval_options.clip_length,
+      scorer_fn=make_scorer_fn(config, eval_descriptor),
       global_step=experiment.global_step,
       output_dir=os.path.join(experiment.run_dir, 'eval'), log_fn=log_fn)
 

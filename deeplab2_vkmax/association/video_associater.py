@@ -52,6 +52,26 @@ from deeplab2_vkmax.association import video_stitcher
 MEMORY_TYPES = ('hila', 'naive', 'location', 'none')
 
 
+def slot_embeddings(segment_ids: np.ndarray, query_embeddings: np.ndarray,
+                    label_divisor: int,
+                    thing_class_ids: Sequence[int]) -> Dict[int, np.ndarray]:
+  """`update`'s `embeddings` from the model's per-slot outputs.
+
+  Args:
+    segment_ids: int [N] panoptic id of each mask slot's kept segment (0 = none).
+    query_embeddings: float [N, E] the slots' query embeddings.
+    label_divisor: panoptic label divisor.
+    thing_class_ids: classes that are tracked.
+
+  Returns:
+    {thing panoptic id: float32 [E] embedding} of the kept thing instances.
+  """
+  segment_ids = np.asarray(segment_ids).reshape(-1).astype(np.int64)
+  is_thing = np.isin(segment_ids // label_divisor, thing_class_ids)
+  keep = np.flatnonzero(is_thing & (segment_ids % label_divisor > 0))
+  return {int(segment_ids[i]): np.asarray(query_embeddings[i], np.float32) for i in keep}
+
+
 class VideoAssociater:
   """Stateful near-online / online associater for one video at a time.
 
@@ -59,7 +79,7 @@ class VideoAssociater:
   and every tie is broken towards the lower id.
   """
 
-  def __init__(self, *, clip_length: int, label_divisor: int,
+  def __init__(self, *, label_divisor: int,
                thing_class_ids: Sequence[int], use_stitching: bool = True,
                stitching_score: str = 'iou', stitching_threshold: float = 0.0,
                memory_type: str = 'hila', lam: float = 0.8, tau: int = 10,
@@ -68,12 +88,10 @@ class VideoAssociater:
     """Creates the associater.
 
     Args:
-      clip_length: T, frames per clip (1 = online, >= 2 = near-online with a
-        one-frame overlap between consecutive clips).
       label_divisor: panoptic encoding `semantic * label_divisor + instance`;
         track ids must stay below it.
       thing_class_ids: semantic classes that are tracked.
-      use_stitching: run Video Stitching (ignored when clip_length == 1).
+      use_stitching: run Video Stitching (ignored for online clips, T = 1).
       stitching_score: 'iou' (default, DeepLab2) or 'dice' (PyTorch release).
       stitching_threshold: stitch a pair only if its score is strictly above this.
       memory_type: 'hila' (Eqs. (3)-(5)), 'naive' (appearance only),
@@ -84,17 +102,14 @@ class VideoAssociater:
       temperature: T in Eq. (5).
       distance: 'squared_l2' (paper) or 'l2' (PyTorch release) in Eq. (5).
     """
-    if clip_length < 1:
-      raise ValueError(f'clip_length must be >= 1; received {clip_length}.')
     if label_divisor < 2:
       raise ValueError(f'label_divisor must be >= 2; received {label_divisor}.')
     if memory_type not in MEMORY_TYPES:
       raise ValueError(f'memory_type must be one of {MEMORY_TYPES}; received '
                        f'{memory_type!r}.')
-    self.clip_length = int(clip_length)
     self.label_divisor = int(label_divisor)
     self.thing_class_ids = np.asarray(sorted(set(thing_class_ids)), dtype=np.int64)
-    self.use_stitching = bool(use_stitching) and self.clip_length >= 2
+    self._stitching_requested = bool(use_stitching)
     self.memory_type = memory_type
     self.alpha = float(alpha)
     self.stitcher = video_stitcher.VideoStitcher(
@@ -113,6 +128,26 @@ class VideoAssociater:
       self.memory = None
     self.reset()
 
+  def update_from_slots(self, panoptic: np.ndarray, segment_ids: np.ndarray,
+                        query_embeddings: np.ndarray) -> List[np.ndarray]:
+    """`update` with the embeddings taken from the model's per-slot outputs.
+
+    Args:
+      panoptic: int [T, H, W] the clip's panoptic prediction.
+      segment_ids: int [N] panoptic id of each mask slot's kept segment (0 = none).
+      query_embeddings: float [N, E] the slots' query embeddings.
+
+    Returns:
+      As `update`.
+    """
+    return self.update(np.asarray(panoptic, np.int32), slot_embeddings(
+        segment_ids, query_embeddings, self.label_divisor, self.thing_class_ids))
+
+  @property
+  def use_stitching(self) -> bool:
+    """Whether Video Stitching runs: asked for, and the clips overlap (T >= 2)."""
+    return self._stitching_requested and (self.clip_length or 0) >= 2
+
   def reset(self) -> None:
     """Starts a new video: empties memory, stitcher, id counter and statistics."""
     self.stitcher.reset()
@@ -122,6 +157,9 @@ class VideoAssociater:
     self._next_frame = 0
     self._next_track_id = 1
     self._frame_shape = None
+    # T, read from the first clip of the video (deeplab2_vkmax.data.clips cuts
+    # them): 1 = online, >= 2 = near-online, one frame shared between clips.
+    self.clip_length: Optional[int] = None
     self._stats = {'ids_created': 0, 'stitched': 0, 'reidentifications': 0,
                    'memory_size_max': 0}
     self._match_space = []  # (M, N) per step with memory decoding.
@@ -162,9 +200,12 @@ class VideoAssociater:
 
   def _validate(self, panoptic: np.ndarray) -> np.ndarray:
     panoptic = np.asarray(panoptic)
-    if panoptic.ndim != 3 or panoptic.shape[0] != self.clip_length:
-      raise ValueError(f'panoptic must be [T={self.clip_length}, H, W]; received '
-                       f'shape {panoptic.shape}.')
+    if panoptic.ndim != 3 or panoptic.shape[0] < 1:
+      raise ValueError(f'panoptic must be [T, H, W]; received shape {panoptic.shape}.')
+    if self.clip_length is not None and panoptic.shape[0] != self.clip_length:
+      raise ValueError(f'panoptic must be [T={self.clip_length}, H, W] like the first clip '
+                       f'of this video; received shape {panoptic.shape}; call reset() '
+                       'between videos.')
     if not np.issubdtype(panoptic.dtype, np.integer):
       raise ValueError(f'panoptic must hold integers; received dtype {panoptic.dtype}.')
     if panoptic.size and panoptic.min() < 0:
@@ -260,6 +301,7 @@ class VideoAssociater:
     """
     panoptic = self._validate(panoptic)
     self._frame_shape = panoptic.shape[1:]
+    self.clip_length = panoptic.shape[0]
     first_new = 0 if (self._step == 0 or self.clip_length == 1) else 1
     new_frames = panoptic[first_new:]  # [F, H, W]
     num_new = new_frames.shape[0]

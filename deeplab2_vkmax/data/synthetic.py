@@ -42,6 +42,7 @@ CLI:
 """
 
 import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -53,6 +54,7 @@ import numpy as np
 from PIL import Image
 
 from deeplab2_vkmax.data import dataset as dataset_lib
+from deeplab2_vkmax.data import step_png
 
 try:  # File locking guards concurrent generation; POSIX only.
   import fcntl
@@ -478,44 +480,6 @@ def generate_sequence(params: SyntheticParams, split: str,
 
 
 # ----------------------------------------------------------------------------
-# KITTI-STEP PNG codec.
-
-
-def encode_panoptic_rgb(semantic: np.ndarray, instance: np.ndarray) -> np.ndarray:
-  """KITTI-STEP panoptic map: R = semantic, G = instance // 256, B = instance % 256.
-
-  Args:
-    semantic: int [H, W] semantic ids in [0, 255].
-    instance: int [H, W] instance ids in [0, 65535].
-
-  Returns:
-    uint8 [H, W, 3].
-  """
-  if semantic.min() < 0 or semantic.max() > 255:
-    raise ValueError(f'semantic ids must be in [0, 255], got range '
-                     f'[{semantic.min()}, {semantic.max()}].')
-  if instance.min() < 0 or instance.max() > 65535:
-    raise ValueError(f'instance ids must be in [0, 65535], got range '
-                     f'[{instance.min()}, {instance.max()}].')
-  return np.stack([semantic, instance // 256, instance % 256],
-                  axis=-1).astype(np.uint8)
-
-
-def decode_panoptic_rgb(rgb: np.ndarray,
-                        label_divisor: int = LABEL_DIVISOR) -> np.ndarray:
-  """Inverse of `encode_panoptic_rgb`: int32 [H, W] `semantic * divisor + inst`."""
-  rgb = rgb.astype(np.int32)
-  return rgb[..., 0] * label_divisor + rgb[..., 1] * 256 + rgb[..., 2]
-
-
-def read_panoptic_png(path: str, label_divisor: int = LABEL_DIVISOR) -> np.ndarray:
-  """Reads a KITTI-STEP panoptic PNG into int32 [H, W] panoptic labels."""
-  with Image.open(path) as image:
-    rgb = np.asarray(image.convert('RGB'))
-  return decode_panoptic_rgb(rgb, label_divisor)
-
-
-# ----------------------------------------------------------------------------
 # Writing, first-use generation, reading back.
 
 
@@ -548,7 +512,7 @@ def write_synthetic_dataset(output_dir: str, params: SyntheticParams) -> Dict[st
         name = '%06d.png' % f
         Image.fromarray(sequence.images[f]).save(os.path.join(image_dir, name),
                                                  format='PNG')
-        rgb = encode_panoptic_rgb(sequence.semantic[f], sequence.instance[f])
+        rgb = step_png.encode_panoptic_rgb(sequence.semantic[f], sequence.instance[f])
         Image.fromarray(rgb).save(os.path.join(label_dir, name), format='PNG')
       metadata['sequences'][split][sequence.sequence_id] = {
           'num_frames': int(sequence.images.shape[0]),
@@ -681,7 +645,7 @@ def ground_truth_sequences(
     folder = os.path.join(split_dir, sequence_id)
     frames = sorted(n for n in os.listdir(folder) if n.endswith('.png'))
     yield sequence_id, np.stack(
-        [read_panoptic_png(os.path.join(folder, n), label_divisor) for n in frames])
+        [step_png.read_panoptic_png(os.path.join(folder, n), label_divisor) for n in frames])
 
 
 def main(argv=None) -> None:
@@ -707,3 +671,27 @@ def main(argv=None) -> None:
 
 if __name__ == '__main__':
   main()
+
+
+def ensure_synthetic_records(params, split: str) -> str:
+  """The TFRecord pattern of a synthetic split, generated and converted on first use.
+
+  Args:
+    params: `SyntheticDataOptions` (root folder, seed, sizes).
+    split: 'train' or 'val'.
+  """
+  from deeplab2_vkmax.data import build_step_data  # pylint: disable=g-import-not-at-top
+  frame_size = tuple(params.frame_size) or None
+  root = ensure_synthetic_dataset(
+      params.root_dir, seed=params.seed,
+      num_train_sequences=params.num_train_sequences,
+      num_val_sequences=params.num_val_sequences,
+      train_frames=params.train_frames_per_sequence,
+      val_frames=params.val_frames_per_sequence,
+      **({'height': frame_size[0], 'width': frame_size[1]} if frame_size else {}))
+  record_dir = os.path.join(root, 'tfrecord')
+  pattern = os.path.join(record_dir, f'{split}-*.tfrecord')
+  if not glob.glob(pattern):
+    build_step_data.convert_split(root, split, record_dir, num_shards=1,
+                                  dataset_name='synthetic')
+  return pattern

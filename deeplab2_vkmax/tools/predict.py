@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from deeplab2_vkmax import cli
+from deeplab2_vkmax.data import step_png
 from deeplab2_vkmax.data import tfrecord_writer
 
 _VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v')
@@ -283,13 +284,12 @@ class _OutputWriter:
 
   def write(self, frame: np.ndarray, result) -> None:
     from deeplab2_vkmax import visualization  # pylint: disable=g-import-not-at-top
-    from deeplab2_vkmax.data import synthetic  # pylint: disable=g-import-not-at-top
     name = '%06d.png' % result.frame_index
     overlay = visualization.overlay_panoptic(frame, result.panoptic, self._descriptor)
     Image.fromarray(overlay).save(os.path.join(self.overlay_dir, name))
     semantic, instance = np.divmod(result.panoptic.astype(np.int64),
                                    self._descriptor.panoptic_label_divisor)
-    Image.fromarray(synthetic.encode_panoptic_rgb(semantic, instance)).save(
+    Image.fromarray(step_png.encode_panoptic_rgb(semantic, instance)).save(
         os.path.join(self.panoptic_dir, name))
     self._segments.write(json.dumps({'frame_index': result.frame_index, 'file': name,
                                      'segments': result.segments}) + '\n')

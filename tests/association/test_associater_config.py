@@ -8,7 +8,7 @@ from deeplab2_vkmax import config
 from deeplab2_vkmax.association import hila_memory_buffer
 from deeplab2_vkmax.association import naive_memory_buffer
 from deeplab2_vkmax.data import dataset as dataset_lib
-from deeplab2_vkmax.model import builder
+from deeplab2_vkmax import builder
 
 TINY = (pathlib.Path(__file__).resolve().parents[2] / 'configs' / 'synthetic'
         / 'clip_kmax_tiny.textproto')

@@ -33,7 +33,7 @@ def run_video(scene, clip_length, height=40, width=100, seed=0, **kwargs):
   """
   rng = np.random.default_rng(seed)
   assoc = video_associater.VideoAssociater(
-      clip_length=clip_length, label_divisor=DIVISOR, thing_class_ids=THINGS,
+      label_divisor=DIVISOR, thing_class_ids=THINGS,
       **kwargs)
   num_frames = len(scene)
   stride = max(clip_length - 1, 1)
@@ -143,7 +143,7 @@ def test_near_online_tau_one_bridges_one_missed_clip(memory_type):
   # one frame after it was last seen, so tau = 1 keeps the id.
   clips, box_at = _clips_with_missed_tube({4})
   assoc = video_associater.VideoAssociater(
-      clip_length=2, label_divisor=DIVISOR, thing_class_ids=THINGS, tau=1,
+      label_divisor=DIVISOR, thing_class_ids=THINGS, tau=1,
       memory_type=memory_type)
   outputs = [o for clip, emb in clips for o in assoc.update(clip, emb)]
   ids = [track_of(o, box_at(t)) for t, o in enumerate(outputs)]
@@ -158,7 +158,7 @@ def test_tau_one_does_not_bridge_a_two_frame_gap(clip_length, missed):
   # Online, one missed frame: last seen on frame 3, back on frame 5.
   clips, box_at = _clips_with_missed_tube(missed, clip_length)
   assoc = video_associater.VideoAssociater(
-      clip_length=clip_length, label_divisor=DIVISOR, thing_class_ids=THINGS,
+      label_divisor=DIVISOR, thing_class_ids=THINGS,
       tau=1)
   outputs = [o for clip, emb in clips for o in assoc.update(clip, emb)]
   ids = [track_of(o, box_at(t)) for t, o in enumerate(outputs)]
@@ -174,7 +174,7 @@ def test_query_box_taken_on_the_shared_frame():
   # box, the observation next to the memory's: f = 1 there, ~0.3 on frame 6.
   box, far = (5, 12, 2, 12), (5, 12, 48, 58)
   assoc = video_associater.VideoAssociater(
-      clip_length=2, label_divisor=DIVISOR, thing_class_ids=THINGS, tau=10)
+      label_divisor=DIVISOR, thing_class_ids=THINGS, tau=10)
   outputs = []
   for c in range(6):
     clip = np.full((2, 20, 60), ROAD * DIVISOR, dtype=np.int32)
@@ -189,7 +189,7 @@ def test_query_box_taken_on_the_shared_frame():
 def test_location_memory_needs_no_embeddings():
   clips, box_at = _clips_with_missed_tube({4})
   assoc = video_associater.VideoAssociater(
-      clip_length=2, label_divisor=DIVISOR, thing_class_ids=THINGS, tau=1,
+      label_divisor=DIVISOR, thing_class_ids=THINGS, tau=1,
       memory_type='location', use_stitching=False)
   outputs = [o for clip, _ in clips for o in assoc.update(clip)]
   ids = {track_of(o, box_at(t)) for t, o in enumerate(outputs) if t != 5}
@@ -231,7 +231,7 @@ def test_stuff_and_crowd_untouched():
   for o in outputs:
     assert o[0, 0] == SKY * DIVISOR
     assert o[30, 90] == ROAD * DIVISOR
-  assoc = video_associater.VideoAssociater(clip_length=1, label_divisor=DIVISOR,
+  assoc = video_associater.VideoAssociater(label_divisor=DIVISOR,
                                            thing_class_ids=THINGS)
   clip = np.full((1, 8, 8), CAR * DIVISOR, dtype=np.int32)  # crowd: instance 0.
   clip[0, :4] = ROAD * DIVISOR + 7  # stuff with a non-zero instance.
@@ -272,7 +272,7 @@ def test_ids_never_reused_and_respect_horizon():
 def test_memory_bounded_on_long_stream(clip_length):
   tau = 5
   assoc = video_associater.VideoAssociater(
-      clip_length=clip_length, label_divisor=1 << 16, thing_class_ids=THINGS,
+      label_divisor=1 << 16, thing_class_ids=THINGS,
       tau=tau)
   rng = np.random.default_rng(0)
   embeddings = rng.normal(size=(4, 8))
@@ -300,7 +300,7 @@ def test_memory_bounded_on_long_stream(clip_length):
 @pytest.mark.parametrize('clip_length,num_frames', [(1, 7), (2, 7), (3, 9), (4, 10)])
 def test_each_frame_emitted_exactly_once(clip_length, num_frames):
   assoc = video_associater.VideoAssociater(
-      clip_length=clip_length, label_divisor=DIVISOR, thing_class_ids=THINGS,
+      label_divisor=DIVISOR, thing_class_ids=THINGS,
       memory_type='none')
   # Frame t is all stuff class t: the emitted stream must read 0, 1, 2, ...
   stride = max(clip_length - 1, 1)
@@ -326,20 +326,27 @@ def test_reset_restarts_ids():
 
 
 def test_errors_name_values():
-  assoc = video_associater.VideoAssociater(clip_length=2, label_divisor=4,
+  assoc = video_associater.VideoAssociater(label_divisor=4,
                                            thing_class_ids=THINGS)
-  with pytest.raises(ValueError, match=r'\[T=2, H, W\].*\(3, 4, 4\)'):
-    assoc.update(np.zeros((3, 4, 4), dtype=np.int32), {})
+  with pytest.raises(ValueError, match=r'must be \[T, H, W\].*\(4, 4\)'):
+    assoc.update(np.zeros((4, 4), dtype=np.int32), {})
   clip = np.zeros((2, 4, 4), dtype=np.int32)
   clip[:, 0, :3] = CAR * 4 + np.arange(1, 4)[None]
   with pytest.raises(ValueError, match=r'missing for panoptic ids \[53, 54, 55\]'):
     assoc.update(clip, {})
   assert len(assoc.update(clip, {CAR * 4 + i: np.eye(2)[0] for i in range(1, 4)})) == 2
+  # T is the first clip's; a video's clips all have it.
+  assert assoc.clip_length == 2 and assoc.use_stitching
+  with pytest.raises(ValueError, match=r'\[T=2, H, W\].*\(3, 4, 4\)'):
+    assoc.update(np.zeros((3, 4, 4), dtype=np.int32), {})
   moved = np.roll(clip, 3, axis=1)  # no overlap with the previous clip.
   with pytest.raises(OverflowError, match='label_divisor=4'):
     assoc.update(moved, {CAR * 4 + i: np.eye(2)[1] for i in range(1, 4)})
+  assoc.reset()  # A new video may have another T: online clips, no stitching.
+  assert len(assoc.update(np.zeros((1, 4, 4), dtype=np.int32), {})) == 1
+  assert assoc.clip_length == 1 and not assoc.use_stitching
   with pytest.raises(ValueError, match="memory_type must be one of"):
-    video_associater.VideoAssociater(clip_length=1, label_divisor=10,
+    video_associater.VideoAssociater(label_divisor=10,
                                      thing_class_ids=THINGS, memory_type='idol')
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 import pytest
 
 from deeplab2_vkmax.data import dataset
+from deeplab2_vkmax.data import step_png
 from deeplab2_vkmax.data import synthetic
 
 _SMALL = dict(num_train_sequences=2, train_frames=10, num_val_sequences=1, val_frames=10)
@@ -66,8 +67,8 @@ def test_codec_round_trip():
   rng = np.random.default_rng(0)
   semantic = rng.integers(0, 256, (5, 7))
   instance = rng.integers(0, 65536, (5, 7))
-  rgb = synthetic.encode_panoptic_rgb(semantic, instance)
-  np.testing.assert_array_equal(synthetic.decode_panoptic_rgb(rgb, 100000),
+  rgb = step_png.encode_panoptic_rgb(semantic, instance)
+  np.testing.assert_array_equal(step_png.decode_panoptic_rgb(rgb, 100000),
                                 semantic * 100000 + instance)
 
 

@@ -17,8 +17,7 @@ from deeplab2_vkmax.evaluation import evaluate
 from deeplab2_vkmax.evaluation import prediction_io
 from deeplab2_vkmax.evaluation import stq
 from deeplab2_vkmax.evaluation import video_panoptic_quality
-from deeplab2_vkmax.evaluation import video_scorer
-from deeplab2_vkmax.model import builder
+from deeplab2_vkmax import builder
 from deeplab2_vkmax.model import clip_kmax
 
 _CONFIG = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'synthetic',
@@ -138,20 +137,6 @@ def test_missing_file_pattern_and_bad_saved_model_give_one_line_errors(tmp_path)
   assert '\n' not in str(error.value)
   with pytest.raises(ValueError, match='no loadable SavedModel'):
     evaluate.load_serving_signature(str(tmp_path / 'absent'))
-
-
-def test_clip_starts_cover_every_frame_once_as_new():
-  for num_frames in range(1, 12):
-    for clip_length in (1, 2, 3, 5):
-      overlap = 1 if clip_length > 1 else 0
-      starts = video_scorer.clip_starts(num_frames, clip_length, overlap)
-      new_frames = []
-      for index, start in enumerate(starts):
-        first_new = start if index == 0 else start + overlap
-        new_frames.extend(range(first_new, min(start + clip_length, num_frames)))
-      assert new_frames == list(range(num_frames)), (num_frames, clip_length, starts)
-      # Consecutive clips share exactly `overlap` frames.
-      assert all(b - a == clip_length - overlap for a, b in zip(starts, starts[1:]))
 
 
 def test_unknown_metric_lists_the_valid_ones():

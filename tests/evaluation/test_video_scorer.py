@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from deeplab2_vkmax.association import video_associater
+from deeplab2_vkmax.data import clips
 from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.data import synthetic
 from deeplab2_vkmax.evaluation import stq
@@ -18,10 +19,9 @@ def _scorer(clip_length, **association):
                          DESCRIPTOR.ignore_label, DIVISOR, 2 ** 32)
   return video_scorer.VideoScorer(
       associater_fn=lambda: video_associater.VideoAssociater(
-          clip_length=clip_length, label_divisor=DIVISOR,
+          label_divisor=DIVISOR,
           thing_class_ids=DESCRIPTOR.class_has_instances_list, **association),
-      metric=metric, label_divisor=DIVISOR,
-      thing_class_ids=DESCRIPTOR.class_has_instances_list)
+      metric=metric)
 
 
 def _clip_local(labels, rng):
@@ -46,14 +46,11 @@ def test_ground_truth_clips_with_clip_local_ids_score_one(tmp_path, clip_length)
   # Online clips need appearance to link ids: give each GT track one embedding.
   scorer = _scorer(clip_length, alpha=0.5)
   rng = np.random.default_rng(0)
-  overlap = 1 if clip_length > 1 else 0
   for sequence_id, labels in sequences:
     track_embedding = {}
-    for start in video_scorer.clip_starts(len(labels), clip_length, overlap):
-      frames = np.minimum(np.arange(start, start + clip_length), len(labels) - 1)
-      frame_ids = np.where(np.arange(start, start + clip_length) < len(labels),
-                           np.arange(start, start + clip_length), -1)
-      clip = labels[frames]
+    for index in clips.sequence_clips(len(labels), clip_length):
+      frame_ids = index.frame_ids
+      clip = labels[index.take]
       relabelled, segment_ids, _ = _clip_local(clip, rng)
       embeddings = []
       for segment_id in segment_ids:
@@ -76,10 +73,10 @@ def test_without_association_ids_break_and_aq_drops(tmp_path):
   (sequence_id, labels), = list(synthetic.ground_truth_sequences(root, 'val'))
   scorer = _scorer(2, use_stitching=False, memory_type='none')
   rng = np.random.default_rng(1)
-  for start in video_scorer.clip_starts(len(labels), 2, 1):
-    clip = labels[start:start + 2]
+  for index in clips.sequence_clips(len(labels), 2):  # 8 frames: no padding.
+    clip = labels[index.take]
     relabelled, segment_ids, embeddings = _clip_local(clip, rng)
-    scorer.add_clip(sequence_id=sequence_id, frame_ids=np.arange(start, start + 2),
+    scorer.add_clip(sequence_id=sequence_id, frame_ids=index.frame_ids,
                     panoptic=relabelled, segment_ids=segment_ids, query_embeddings=embeddings,
                     labels=clip)
   result = scorer.result()
@@ -98,17 +95,15 @@ def test_several_metrics_see_the_same_frames(tmp_path):
       DIVISOR, window_sizes=[1, 2])
   scorer = video_scorer.VideoScorer(
       associater_fn=lambda: video_associater.VideoAssociater(
-          clip_length=2, label_divisor=DIVISOR,
+          label_divisor=DIVISOR,
           thing_class_ids=DESCRIPTOR.class_has_instances_list),
-      metrics={'stq': base.metric, 'vpq': vpq}, label_divisor=DIVISOR,
-      thing_class_ids=DESCRIPTOR.class_has_instances_list)
+      metrics={'stq': base.metric, 'vpq': vpq})
   rng = np.random.default_rng(2)
-  for start in video_scorer.clip_starts(len(labels), 2, 1):
-    frames = np.minimum(np.arange(start, start + 2), len(labels) - 1)
-    frame_ids = np.where(np.arange(start, start + 2) < len(labels), frames, -1)
-    relabelled, segment_ids, embeddings = _clip_local(labels[frames], rng)
-    scorer.add_clip(sequence_id=sequence_id, frame_ids=frame_ids, panoptic=relabelled,
-                    segment_ids=segment_ids, query_embeddings=embeddings, labels=labels[frames])
+  for index in clips.sequence_clips(len(labels), 2):
+    relabelled, segment_ids, embeddings = _clip_local(labels[index.take], rng)
+    scorer.add_clip(sequence_id=sequence_id, frame_ids=index.frame_ids, panoptic=relabelled,
+                    segment_ids=segment_ids, query_embeddings=embeddings,
+                    labels=labels[index.take])
   results = scorer.results()
   assert scorer.result() is not None and set(results) == {'stq', 'vpq'}
   assert results['vpq']['Length_per_seq'] == [len(labels)] == results['stq']['Length_per_seq']

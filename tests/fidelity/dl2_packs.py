@@ -20,7 +20,7 @@ import tensorflow as tf
 from deeplab2_vkmax import common
 from deeplab2_vkmax import config as config_lib
 from deeplab2_vkmax.data import dataset as dataset_lib
-from deeplab2_vkmax.model import builder
+from deeplab2_vkmax import builder
 from deeplab2_vkmax.model import checkpoint_utils
 from deeplab2_vkmax.model.layers import resize
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from deeplab2_vkmax import common
 from deeplab2_vkmax.data import dataset as dataset_lib
-from deeplab2_vkmax.model import builder
+from deeplab2_vkmax import builder
 from dl2_packs import deeplab2_assignment
 from dl2_packs import load_config
 from dl2_packs import loss_pack

@@ -12,7 +12,7 @@ import keras
 import pytest
 
 from deeplab2_vkmax.data import dataset as dataset_lib
-from deeplab2_vkmax.model import builder
+from deeplab2_vkmax import builder
 from deeplab2_vkmax.model.layers import drop_path
 from dl2_packs import load_config
 

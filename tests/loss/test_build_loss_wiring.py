@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from deeplab2_vkmax import common
 from deeplab2_vkmax.data import dataset as dataset_lib
-from deeplab2_vkmax.model import builder
+from deeplab2_vkmax import builder
 from deeplab2_vkmax.model import clip_kmax
 from deeplab2_vkmax.model.loss import kmax_loss
 from deeplab2_vkmax.protos import config_pb2

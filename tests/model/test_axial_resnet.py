@@ -10,7 +10,7 @@ import tensorflow as tf
 from deeplab2_vkmax import common
 from deeplab2_vkmax import config as config_lib
 from deeplab2_vkmax.data import dataset
-from deeplab2_vkmax.model import builder
+from deeplab2_vkmax import builder
 from deeplab2_vkmax.model import clip_kmax
 from deeplab2_vkmax.model.layers import axial_attention
 from deeplab2_vkmax.model.layers import blocks

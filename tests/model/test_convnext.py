@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from deeplab2_vkmax import common
-from deeplab2_vkmax.model import builder
+from deeplab2_vkmax import builder
 from deeplab2_vkmax.model import clip_kmax
 from deeplab2_vkmax.model.layers import checkpoint_naming
 from deeplab2_vkmax.model.pixel_encoder import convnext

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab2_vkmax.model import builder
+from deeplab2_vkmax import builder
 from deeplab2_vkmax.model import checkpoint_utils
 from deeplab2_vkmax.model import clip_kmax
 from deeplab2_vkmax.model import pretrained_weights

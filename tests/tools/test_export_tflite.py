@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import conftest
+import vkmax_testing
 
 # TF 2.20 announces the interpreter's move to ai_edge_litert; it still works.
 pytestmark = pytest.mark.filterwarnings('ignore:.*tf.lite.Interpreter is deprecated')
@@ -16,7 +16,7 @@ from deeplab2_vkmax import export_model
 
 @pytest.fixture(scope='module')
 def clip():
-  return conftest.synthetic_frames(2, 64, 128)
+  return vkmax_testing.synthetic_frames(2, 64, 128)
 
 
 @pytest.fixture(scope='module')
@@ -24,7 +24,7 @@ def float32_tflite(tiny_export, tmp_path_factory):
   """The tiny model as a float32 TFLite file for 2 x 64 x 128 clips, with config."""
   path = str(tmp_path_factory.mktemp('tflite') / 'clip.tflite')
   return export_model.export_tflite(tiny_export[1], (2, 64, 128), path,
-                                    config=conftest.tiny_config())
+                                    config=vkmax_testing.tiny_config())
 
 
 def _run_tflite(path, clip):
@@ -59,7 +59,7 @@ def test_tflite_outputs_match_the_saved_model_function(tiny_export, clip, tmp_pa
                          'outputs': list(export_model.TFLITE_OUTPUTS),
                          'quantization': quantization}
   if quantization == 'none':
-    assert config_text == str(conftest.tiny_config())
+    assert config_text == str(vkmax_testing.tiny_config())
   ours = _run_tflite(path, clip)
   reference = {k: v.numpy() for k, v in module.segment_clip(tf.constant(clip)).items()}
   assert len(np.unique(reference[common.PANOPTIC_PRED])) > 2  # Segments to compare.
@@ -86,8 +86,8 @@ def test_tflite_export_refuses_bad_options(tiny_export, tmp_path):
 @pytest.mark.slow  # A model build and a conversion (about 20 s).
 def test_export_from_checkpoint_writes_tflite_at_the_requested_size(tmp_path):
   from deeplab2_vkmax.data import dataset as dataset_lib
-  from deeplab2_vkmax.model import builder
-  config = conftest.tiny_config()
+  from deeplab2_vkmax import builder
+  config = vkmax_testing.tiny_config()
   model = builder.build_model(config, dataset_lib.get_dataset_descriptor('synthetic'))
   model(tf.zeros([1, 2, 65, 129, 3]))
   checkpoint = tf.train.Checkpoint(**model.checkpoint_items).write(str(tmp_path / 'ckpt-1'))
@@ -102,11 +102,11 @@ def test_export_from_checkpoint_writes_tflite_at_the_requested_size(tmp_path):
 
 def test_predictor_on_tflite_tracks_like_the_model(tiny_export, float32_tflite):
   from deeplab2_vkmax import predictor as predictor_lib
-  frames = conftest.synthetic_frames(5)
+  frames = vkmax_testing.synthetic_frames(5)
   tflite = predictor_lib.Predictor(float32_tflite)  # Config from clip.tflite.json.
   assert (tflite.clip_length, tflite.mode, tflite.input_size) == (2, 'near_online', (64, 128))
   reference = predictor_lib.Predictor.from_export_module(
-      tiny_export[1], conftest.tiny_config(), use_tf_function=False)
+      tiny_export[1], vkmax_testing.tiny_config(), use_tf_function=False)
   got, expected = list(tflite.predict_video(frames)), list(reference.predict_video(frames))
   assert [r.frame_index for r in got] == list(range(5))
   assert any(s['track_id'] > 0 for r in got for s in r.segments)
@@ -128,7 +128,7 @@ def test_predictor_on_tflite_tracks_like_the_model(tiny_export, float32_tflite):
 def test_vkmax_predict_cli_runs_the_tflite_model(float32_tflite, tmp_path):
   from PIL import Image
   from deeplab2_vkmax.tools import predict
-  frames = conftest.synthetic_frames(3)
+  frames = vkmax_testing.synthetic_frames(3)
   (tmp_path / 'frames').mkdir()
   for index, frame in enumerate(frames):
     Image.fromarray(frame).save(tmp_path / 'frames' / f'{index}.png')

@@ -1,6 +1,6 @@
 """End-to-end tests of the SavedModel export and the vkmax-predict CLI.
 
-The tiny untrained model is exported once per session (conftest.tiny_export); the
+The tiny untrained model is exported once per session (tests/conftest.py: tiny_export); the
 SavedModel is reloaded in a fresh process and the CLI runs as `python -m`.
 """
 
@@ -16,8 +16,9 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-import conftest
+import vkmax_testing
 from deeplab2_vkmax import predictor as predictor_lib
+from deeplab2_vkmax.data import step_png
 from deeplab2_vkmax.data import synthetic
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -59,7 +60,7 @@ def _write_wrong_saved_model(path):
                               input_signature=[tf.TensorSpec([None], tf.float32)])
   tf.saved_model.save(module, path, signatures=module.double.get_concrete_function())
   with open(os.path.join(path, predictor_lib.CONFIG_FILENAME), 'w') as f:
-    f.write(str(conftest.tiny_config()))
+    f.write(str(vkmax_testing.tiny_config()))
 
 
 @pytest.fixture(scope='module')
@@ -70,8 +71,8 @@ def runs(tiny_export, tmp_path_factory):
   runs = {'root': root}
   # Fresh-process reload: the train crop size and an odd size.
   runs['clips'] = {
-      'train_size': conftest.synthetic_frames(2, 65, 129),
-      'odd_size': conftest.synthetic_frames(2, 97, 251),
+      'train_size': vkmax_testing.synthetic_frames(2, 65, 129),
+      'odd_size': vkmax_testing.synthetic_frames(2, 97, 251),
   }
   np.savez(root / 'clips.npz', **runs['clips'])
   runs['reload'] = _launch([os.path.join(_HERE, 'reload_saved_model.py'), path,
@@ -79,14 +80,14 @@ def runs(tiny_export, tmp_path_factory):
   # An MP4 of 5 synthetic frames (near-online, T = 2).
   video = str(root / 'clip.mp4')
   writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*'mp4v'), 10.0, (128, 64))
-  for frame in conftest.synthetic_frames(5):
+  for frame in vkmax_testing.synthetic_frames(5):
     writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
   writer.release()
   runs['video'] = video
   runs['mp4'] = _predict_cli(f'--input={video}', f'--saved_model={path}',
                              f'--output_dir={root / "mp4_out"}')
   # A folder of 4 PNG frames with T = 3: clips [0, 1, 2] and [2, 3, pad].
-  runs['frames'] = conftest.synthetic_frames(4)
+  runs['frames'] = vkmax_testing.synthetic_frames(4)
   folder = root / 'frames'
   folder.mkdir()
   for index, frame in enumerate(runs['frames']):
@@ -143,7 +144,8 @@ def _check_outputs(output_dir, expected):
   for result, record, name in zip(expected, records, overlays):
     with Image.open(os.path.join(output_dir, 'overlays', name)) as image:
       assert image.size == (width, height) and image.mode == 'RGB'
-    decoded = synthetic.read_panoptic_png(os.path.join(output_dir, 'panoptic', name))
+    decoded = step_png.read_panoptic_png(os.path.join(output_dir, 'panoptic', name),
+                                       synthetic.LABEL_DIVISOR)
     np.testing.assert_array_equal(decoded, result.panoptic)
     assert record['file'] == name
     # Scores: the SavedModel graph and the eager model differ in the last float bits.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import conftest
+import vkmax_testing
 import deeplab2_vkmax
 from deeplab2_vkmax import predictor as predictor_lib
 
@@ -17,7 +17,7 @@ _DIVISOR = 1000
 
 @pytest.fixture(scope='module')
 def frames():
-  return conftest.synthetic_frames(6)
+  return vkmax_testing.synthetic_frames(6)
 
 
 @pytest.fixture(scope='module')
@@ -97,7 +97,7 @@ def test_checkpoint_and_config_match_keras_model(tiny_export, predictor, frames,
   _, module = tiny_export
   prefix = tf.train.Checkpoint(**module.model.checkpoint_items).save(str(tmp_path / 'ckpt'))
   config_file = tmp_path / 'config.textproto'
-  config_file.write_text(str(conftest.tiny_config()))
+  config_file.write_text(str(vkmax_testing.tiny_config()))
   assert os.path.dirname(prefix) == str(tmp_path)
   # A run directory resolves to its latest checkpoint (here `prefix`).
   from_run_dir = deeplab2_vkmax.Predictor(str(tmp_path), config_file=str(config_file))
@@ -120,7 +120,7 @@ def test_bad_arguments_and_frames(tiny_export, predictor, frames, tmp_path):
   with pytest.raises(predictor_lib.PredictorError, match='needs a config file'):
     deeplab2_vkmax.Predictor(str(tmp_path))
   with pytest.raises(predictor_lib.PredictorError, match='no checkpoint found'):
-    deeplab2_vkmax.Predictor(str(tmp_path), config_file=conftest.TINY_CONFIG)
+    deeplab2_vkmax.Predictor(str(tmp_path), config_file=vkmax_testing.TINY_CONFIG)
   with pytest.raises(predictor_lib.PredictorError, match='frame 1: size'):
     list(predictor.predict_video([frames[0], frames[1][:32]]))
   with pytest.raises(predictor_lib.PredictorError, match='frame 0: expected uint8'):

@@ -42,7 +42,7 @@ import numpy as np
 import pytest
 
 from deeplab2_vkmax import config as config_lib
-from deeplab2_vkmax.model import builder
+from deeplab2_vkmax import builder
 from deeplab2_vkmax.model.layers import normalization
 from deeplab2_vkmax.trainer import data_lib
 

@@ -29,8 +29,9 @@ import tensorflow as tf
 from deeplab2_vkmax import common
 from deeplab2_vkmax import config as config_lib
 from deeplab2_vkmax import export_model
-from deeplab2_vkmax.model import builder
+from deeplab2_vkmax import builder
 from deeplab2_vkmax.model import clip_kmax
+from deeplab2_vkmax.model import precision
 from deeplab2_vkmax.model.loss import kmax_loss
 from deeplab2_vkmax.protos import trainer_pb2
 from deeplab2_vkmax.trainer import optimizer_builder
@@ -44,7 +45,7 @@ _NAN_STEP = 3
 
 
 def _tiny_model(policy):
-  with export_model.dtype_policy_scope(policy):
+  with precision.dtype_policy_scope(policy):
     model = clip_kmax.ClipKMaX(**clip_kmax.tiny_model_kwargs(num_classes=3))
     model(tf.zeros([1, 2, 33, 33, 3]), training=False)
   return model
@@ -56,14 +57,14 @@ def _all_layers(model):
 
 def test_policy_scope_restores_the_global_policy_and_rejects_unknown_names():
   before = keras.config.dtype_policy().name
-  with export_model.dtype_policy_scope('mixed_bfloat16'):
+  with precision.dtype_policy_scope('mixed_bfloat16'):
     assert keras.config.dtype_policy().name == 'mixed_bfloat16'
   assert keras.config.dtype_policy().name == before
   with pytest.raises(ValueError, match='mixed_float16, mixed_bfloat16; got "float16"'):
-    with export_model.dtype_policy_scope('float16'):
+    with precision.dtype_policy_scope('float16'):
       pass
   with pytest.raises(RuntimeError):
-    with export_model.dtype_policy_scope('mixed_float16'):
+    with precision.dtype_policy_scope('mixed_float16'):
       raise RuntimeError('inside')
   assert keras.config.dtype_policy().name == before
 

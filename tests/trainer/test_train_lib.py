@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from deeplab2_vkmax import common
 from deeplab2_vkmax import config as config_lib
-from deeplab2_vkmax.model import builder
+from deeplab2_vkmax import builder
 from deeplab2_vkmax.trainer import data_lib
 from deeplab2_vkmax.trainer import train_lib
 import tiny_runs
@@ -52,11 +52,10 @@ def test_shipped_r50_config_builds_the_real_model():
 
 
 def _first_val_clip(config):
+  """uint8 [T, H, W, 3]: the first evaluation clip."""
   options = config.eval_dataset_options
-  descriptor = data_lib.dataset_descriptor(options)
-  clip = next(data_lib.iterate_eval_clips(options, descriptor))
-  height, width = clip[data_lib.ORIGINAL_SIZE]
-  return clip, int(height), int(width)
+  _, images, _ = next(data_lib.eval_sequences(options, data_lib.dataset_descriptor(options)))
+  return images[:options.clip_length]
 
 
 @pytest.mark.slow
@@ -84,16 +83,21 @@ def test_train_and_eval_learns_checkpoints_exports_and_resumes(tmp_path):
   assert list((run_dir / 'train').glob('events.out.tfevents.*'))
 
   # The SavedModel gives the Keras model's panoptic maps on a val clip.
-  clip, height, width = _first_val_clip(config)
-  images = clip[common.IMAGE][:, :height, :width].astype(np.uint8)
+  images = _first_val_clip(config)
+  height, width = images.shape[1:3]
   loaded = tf.saved_model.load(str(run_dir / 'export'))
   served = loaded.signatures['serving_default'](input_tensor=tf.constant(images))
   experiment = train_lib.build_experiment(config, model_dir)
   tf.train.Checkpoint(**experiment.model.checkpoint_items).read(
       str(run_dir / f'ckpt-{steps}')).expect_partial()
   post_processor = builder.build_post_processor(config, experiment.descriptor)
-  outputs = experiment.model(clip[common.IMAGE][np.newaxis], training=False)
-  expected = post_processor(outputs, clip[common.IMAGE].shape[1:3])[common.PANOPTIC_PRED]
+  # By hand: the mean-pixel padding to the 32k + 1 grid, the model, the crop.
+  grid = lambda n: (n + 30) // 32 * 32 + 1  # The next 32k + 1 size.
+  padded = np.full((len(images), grid(height), grid(width), 3), common.PAD_PIXEL_VALUE,
+                   np.float32)
+  padded[:, :height, :width] = images
+  outputs = experiment.model(padded[np.newaxis], training=False)
+  expected = post_processor(outputs, padded.shape[1:3])[common.PANOPTIC_PRED]
   np.testing.assert_array_equal(served[common.PANOPTIC_PRED].numpy(),
                                 expected[0, :, :height, :width].numpy())
   single = loaded.signatures['serving_frame'](input_tensor=tf.constant(images[0]))

@@ -1,7 +1,9 @@
-"""The only code that reads model, loss, evaluator and association protos.
+"""Wires the parts from a config: model, loss, post-processor, associater.
 
-Layers and losses take plain keyword arguments; this module turns an
-`ExperimentOptions` into them. Repeated fields that a proto cannot give a default
+The only code that reads model, loss, evaluator and association protos. Layers,
+losses and the associater take plain keyword arguments; this module turns an
+`ExperimentOptions` (and the data set's descriptor) into them, so
+`deeplab2_vkmax.model` imports neither `association` nor `data`. Repeated fields that a proto cannot give a default
 (block counts, low-level features) get DeepLab2's kMaX-R50 values here, as the
 proto comments say.
 """
@@ -201,10 +203,10 @@ def build_post_processor(config: config_pb2.ExperimentOptions,
 def build_associater(config: config_pb2.ExperimentOptions,
                      descriptor: dataset_lib.DatasetDescriptor
                      ) -> video_associater.VideoAssociater:
-  """A fresh cross-clip associater (one per video) from `association` options."""
+  """A fresh cross-clip associater (one per video) from `association` options;
+  it reads T from the clips it receives."""
   association = config.evaluator_options.association
   return video_associater.VideoAssociater(
-      clip_length=config.eval_dataset_options.clip_length,
       label_divisor=descriptor.panoptic_label_divisor,
       thing_class_ids=descriptor.class_has_instances_list,
       use_stitching=association.use_stitching,

@@ -1,0 +1,23 @@
+"""Helpers shared by test files (imported as `vkmax_testing`; tests/ is on sys.path)."""
+
+import os
+
+import numpy as np
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_CONFIG = os.path.join(_REPO, 'configs', 'synthetic', 'clip_kmax_tiny.textproto')
+
+
+def tiny_config():
+  """The demo config with thresholds at 0, so the untrained model keeps segments
+  (things included) and association has work to do."""
+  from deeplab2_vkmax import config as config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.keep_every_segment(config_lib.load_experiment_config(TINY_CONFIG))
+
+
+def synthetic_frames(num_frames: int, height: int = 64, width: int = 128) -> np.ndarray:
+  """uint8 [num_frames, H, W, 3] frames of one synthetic val sequence."""
+  from deeplab2_vkmax.data import synthetic  # pylint: disable=g-import-not-at-top
+  params = synthetic.SyntheticParams(num_val_sequences=1, val_frames=max(num_frames, 2),
+                                     height=height, width=width)
+  return synthetic.generate_sequence(params, 'val', 0).images[:num_frames]
