@@ -53,7 +53,7 @@ def labels_of(descriptor: dataset_lib.DatasetDescriptor) -> association.Labels:
   """The bench's label encoding of a registered data set."""
   return association.Labels(
       num_classes=descriptor.num_classes,
-      thing_class_ids=tuple(descriptor.class_has_instances_list),
+      thing_class_ids=tuple(descriptor.thing_class_ids),
       ignore_label=descriptor.ignore_label,
       label_divisor=descriptor.panoptic_label_divisor)
 
@@ -80,7 +80,7 @@ def predict_videos(saved_model: str, file_pattern: str,
                 outputs[common.SEGMENT_IDS].numpy(),
                 outputs[common.PRED_QUERY_EMBEDDINGS].numpy(),
                 descriptor.panoptic_label_divisor,
-                descriptor.class_has_instances_list)))
+                descriptor.thing_class_ids)))
     videos.append(ModelVideo(np.asarray(labels, np.int32), predictions))
   return videos
 

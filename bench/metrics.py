@@ -71,8 +71,8 @@ class SequenceGenerator:
 class DeepLab2WorkSTQ:
   """STQ with the per-frame work profile of DeepLab2's numpy script (see above)."""
 
-  def __init__(self, num_classes, things_list, ignore_label, label_divisor, offset):
-    self._num_classes, self._things = num_classes, list(things_list)
+  def __init__(self, num_classes, thing_class_ids, ignore_label, label_divisor, offset):
+    self._num_classes, self._things = num_classes, list(thing_class_ids)
     self._ignore, self._divisor, self._offset = ignore_label, label_divisor, offset
     self._shift = 16
     self._size = num_classes + 1

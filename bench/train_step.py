@@ -157,7 +157,7 @@ def bench_config(config, images, labels, repeats, matcher_repeats, train_step):
   loss = kmax_loss.KMaXLoss(
       num_classes=_DESCRIPTOR.num_classes, ignore_label=_DESCRIPTOR.ignore_label,
       label_divisor=_DESCRIPTOR.panoptic_label_divisor,
-      thing_class_ids=_DESCRIPTOR.class_has_instances_list,
+      thing_class_ids=_DESCRIPTOR.thing_class_ids,
       num_mask_slots=num_slots)
   y_true = {common.PANOPTIC_LABEL: labels}
   shape = f'[{batch}x{frames}x{height}x{width}]'
@@ -228,7 +228,7 @@ def _precision_child(config, policy, images, labels, repeats):
   loss = kmax_loss.KMaXLoss(
       num_classes=_DESCRIPTOR.num_classes, ignore_label=_DESCRIPTOR.ignore_label,
       label_divisor=_DESCRIPTOR.panoptic_label_divisor,
-      thing_class_ids=_DESCRIPTOR.class_has_instances_list,
+      thing_class_ids=_DESCRIPTOR.thing_class_ids,
       num_mask_slots=kwargs.get('num_mask_slots', 128))
   y_true = {common.PANOPTIC_LABEL: labels}
   with precision.dtype_policy_scope(policy):

@@ -3,13 +3,18 @@
 The only code that reads model, loss, evaluator and association protos. Layers,
 losses and the associater take plain keyword arguments; this module turns an
 `ExperimentOptions` (and the data set's descriptor) into them, so
-`deeplab2_vkmax.model` imports neither `association` nor `data`. Repeated fields that a proto cannot give a default
-(block counts, low-level features) get DeepLab2's kMaX-R50 values here, as the
-proto comments say.
+`deeplab2_vkmax.model` imports neither `association` nor `data`.
+
+Each default is declared once: a scalar setting's in its `.proto` (the classes
+take it as their signature default through `protos.fields`), a repeated
+setting's (block counts, widths, rates, low-level features) in the class
+signature, used when the config lists none. Proto fields whose name is a keyword
+argument of the class are passed by name; the others are mapped here.
 """
 
+import inspect
 import os
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 from deeplab2_vkmax.association import video_associater
 from deeplab2_vkmax.data import dataset as dataset_lib
@@ -19,20 +24,27 @@ from deeplab2_vkmax.model import pretrained_weights
 from deeplab2_vkmax.model.loss import kmax_loss
 from deeplab2_vkmax.model.post_processor import clip_post_processor
 from deeplab2_vkmax.protos import config_pb2
+from deeplab2_vkmax.protos import fields
 
-_DEFAULT_PIXEL_DECODER_BLOCK_COUNTS = (1, 5, 1, 1)
-_DEFAULT_TRANSFORMER_DECODER_BLOCK_COUNTS = (2, 2, 2)
-_DEFAULT_PIXEL_DECODER_WIDTHS = (512, 256, 128, 64)
-_DEFAULT_PIXEL_DECODER_BLOCK_TYPES = ('axial', 'axial', 'bottleneck', 'bottleneck')
-_DEFAULT_ATROUS_RATES = (6, 12, 18)
-_DEFAULT_LOW_LEVEL = (('res3', 64), ('res2', 32))
-# DeepLab2's kMaX loss weights, used for loss messages the config leaves unset.
-_DEFAULT_LOSS_WEIGHTS = {
-    'semantic_loss': 1.0,
-    'pq_style_loss': 3.0,
-    'mask_id_cross_entropy_loss': 0.3,
-    'instance_discrimination_loss': 1.0,
-}
+_LOSS_TERMS = ('semantic_loss', 'pq_style_loss', 'mask_id_cross_entropy_loss',
+               'instance_discrimination_loss')
+
+
+def _parameters(function: Callable[..., Any]) -> Dict[str, inspect.Parameter]:
+  return dict(inspect.signature(function).parameters)
+
+
+def same_name_values(message, function: Callable[..., Any]) -> Dict[str, Any]:
+  """`message`'s scalar fields that are keyword arguments of `function`, by name."""
+  parameters = _parameters(function)
+  return {name: value for name, value in fields.values(message).items()
+          if name in parameters}
+
+
+def _listed(**repeated) -> Dict[str, Any]:
+  """The repeated settings the config lists (as tuples); unlisted ones keep the
+  class's default."""
+  return {name: tuple(value) for name, value in repeated.items() if len(value)}
 
 
 def model_kwargs(config: config_pb2.ExperimentOptions,
@@ -42,48 +54,33 @@ def model_kwargs(config: config_pb2.ExperimentOptions,
   backbone = model.backbone
   kmax = model.clip_kmax
   solver = config.trainer_options.solver_options
-  low_level = tuple((l.feature_key, l.channels_project) for l in kmax.auxiliary_low_level)
-  return dict(
+  semantic_head = kmax.auxiliary_semantic_head
+  kwargs = same_name_values(kmax, clip_kmax.ClipKMaX.__init__)
+  kwargs.update(
       num_classes=descriptor.num_classes,
-      num_mask_slots=kmax.num_mask_slots,
       backbone_name=backbone.name,
-      backbone_width_multiplier=backbone.width_multiplier,
-      # Empty: the backbone's own block counts.
-      backbone_block_counts=tuple(backbone.block_counts) or None,
-      drop_path_keep_prob=backbone.drop_path_keep_prob,
-      pixel_decoder_block_counts=(tuple(kmax.pixel_decoder_block_counts)
-                                  or _DEFAULT_PIXEL_DECODER_BLOCK_COUNTS),
-      pixel_decoder_widths=tuple(kmax.pixel_decoder_widths) or _DEFAULT_PIXEL_DECODER_WIDTHS,
-      pixel_decoder_block_types=(tuple(kmax.pixel_decoder_block_types)
-                                 or _DEFAULT_PIXEL_DECODER_BLOCK_TYPES),
-      pixel_decoder_num_heads=kmax.pixel_decoder_num_heads,
-      axial_max_span=kmax.axial_max_span,
-      pixel_decoder_os2_width=kmax.pixel_decoder_os2_width,
-      pixel_decoder_os2_block_count=kmax.pixel_decoder_os2_block_count,
-      decoder_output_stride=kmax.decoder_output_stride,
-      transformer_decoder_block_counts=(tuple(kmax.transformer_decoder_block_counts)
-                                        or _DEFAULT_TRANSFORMER_DECODER_BLOCK_COUNTS),
-      transformer_channels=kmax.transformer_channels,
-      transformer_num_heads=kmax.transformer_num_heads,
-      transformer_ffn_channels=kmax.transformer_ffn_channels,
-      transformer_cross_attention=kmax.transformer_cross_attention,
-      transformer_latent_memory_size=kmax.transformer_latent_memory_size,
+      backbone_width_multiplier=fields.values(backbone)['width_multiplier'],
+      drop_path_keep_prob=fields.values(backbone)['drop_path_keep_prob'],
       pixel_space_head_channels=kmax.pixel_space_head.head_channels,
       pixel_space_output_channels=kmax.pixel_space_head.output_channels,
-      pixel_decoder_drop_path_keep_prob=kmax.pixel_decoder_drop_path_keep_prob,
-      transformer_decoder_drop_path_keep_prob=kmax.transformer_decoder_drop_path_keep_prob,
-      use_auxiliary_semantic_decoder=kmax.use_auxiliary_semantic_decoder,
-      use_auxiliary_semantic_head=kmax.use_auxiliary_semantic_head,
-      semantic_head_channels=kmax.auxiliary_semantic_head.head_channels,
-      semantic_decoder_channels=kmax.auxiliary_semantic_head.decoder_channels,
-      aspp_channels=kmax.auxiliary_semantic_head.aspp_channels,
-      atrous_rates=tuple(kmax.auxiliary_semantic_head.atrous_rates) or _DEFAULT_ATROUS_RATES,
-      aspp_dropout_rate=kmax.auxiliary_semantic_head.aspp_dropout_rate,
-      auxiliary_low_level=low_level or _DEFAULT_LOW_LEVEL,
-      bn_momentum=solver.batchnorm_momentum,
-      bn_epsilon=solver.batchnorm_epsilon,
+      semantic_head_channels=semantic_head.head_channels,
+      semantic_decoder_channels=semantic_head.decoder_channels,
+      aspp_channels=semantic_head.aspp_channels,
+      aspp_dropout_rate=fields.values(semantic_head)['aspp_dropout_rate'],
+      bn_momentum=fields.values(solver)['batchnorm_momentum'],
+      bn_epsilon=fields.values(solver)['batchnorm_epsilon'],
       use_sync_batchnorm=solver.use_sync_batchnorm,
   )
+  kwargs.update(_listed(
+      backbone_block_counts=backbone.block_counts,
+      pixel_decoder_block_counts=kmax.pixel_decoder_block_counts,
+      pixel_decoder_widths=kmax.pixel_decoder_widths,
+      pixel_decoder_block_types=kmax.pixel_decoder_block_types,
+      transformer_decoder_block_counts=kmax.transformer_decoder_block_counts,
+      atrous_rates=semantic_head.atrous_rates,
+      auxiliary_low_level=[(l.feature_key, l.channels_project)
+                           for l in kmax.auxiliary_low_level]))
+  return kwargs
 
 
 def build_model(config: config_pb2.ExperimentOptions,
@@ -142,9 +139,10 @@ def initialise_model_weights(config: config_pb2.ExperimentOptions,
 
 
 def _loss_weight(loss_options, name: str) -> float:
+  """The config's weight of loss `name`, else KMaXLoss's default (DeepLab2's)."""
   if loss_options.HasField(name):
-    return getattr(loss_options, name).weight
-  return _DEFAULT_LOSS_WEIGHTS[name]
+    return fields.values(getattr(loss_options, name))['weight']
+  return _parameters(kmax_loss.KMaXLoss.__init__)[f'{name}_weight'].default
 
 
 def build_loss(config: config_pb2.ExperimentOptions,
@@ -153,27 +151,21 @@ def build_loss(config: config_pb2.ExperimentOptions,
   loss_options = config.trainer_options.loss_options
   kmax = config.model_options.clip_kmax
   train_data = config.train_dataset_options
+  weights = {f'{name}_weight': _loss_weight(loss_options, name) for name in _LOSS_TERMS}
+  if not kmax.use_auxiliary_semantic_head:
+    weights['semantic_loss_weight'] = 0.0
   return kmax_loss.KMaXLoss(
       num_classes=descriptor.num_classes,
       ignore_label=descriptor.ignore_label,
       label_divisor=descriptor.panoptic_label_divisor,
-      thing_class_ids=descriptor.class_has_instances_list,
-      num_mask_slots=kmax.num_mask_slots,
+      thing_class_ids=descriptor.thing_class_ids,
       output_stride=kmax.decoder_output_stride,
-      pq_style_loss_weight=_loss_weight(loss_options, 'pq_style_loss'),
-      mask_id_cross_entropy_loss_weight=_loss_weight(loss_options, 'mask_id_cross_entropy_loss'),
-      instance_discrimination_loss_weight=_loss_weight(loss_options,
-                                                       'instance_discrimination_loss'),
-      semantic_loss_weight=(_loss_weight(loss_options, 'semantic_loss')
-                            if kmax.use_auxiliary_semantic_head else 0.0),
-      semantic_top_k_percent=loss_options.semantic_loss.top_k_percent,
-      instance_discrimination_sample_k=kmax.instance_discrimination_sample_k,
-      instance_discrimination_sample_temperature=kmax.instance_discrimination_sample_temperature,
-      instance_discrimination_temperature=kmax.instance_discrimination_temperature,
+      semantic_top_k_percent=fields.values(loss_options.semantic_loss)['top_k_percent'],
       small_instance_area=train_data.small_instance_threshold,
-      small_instance_weight=(train_data.small_instance_weight
+      small_instance_weight=(fields.values(train_data)['small_instance_weight']
                              if train_data.increase_small_instance_weights else 1.0),
-      use_auxiliary_outputs=kmax.use_auxiliary_outputs)
+      **weights,
+      **same_name_values(kmax, kmax_loss.KMaXLoss.__init__))
 
 
 def build_post_processor(config: config_pb2.ExperimentOptions,
@@ -181,40 +173,23 @@ def build_post_processor(config: config_pb2.ExperimentOptions,
                          ) -> clip_post_processor.ClipPostProcessor:
   """Builds the tube post-processor from `evaluator_options`."""
   evaluator = config.evaluator_options
-  maskwise = evaluator.maskwise_postprocessing
+  init = clip_post_processor.ClipPostProcessor.__init__
   return clip_post_processor.ClipPostProcessor(
       num_classes=descriptor.num_classes,
       label_divisor=descriptor.panoptic_label_divisor,
-      thing_class_ids=descriptor.class_has_instances_list,
+      thing_class_ids=descriptor.thing_class_ids,
       ignore_label=descriptor.ignore_label,
       post_processing=evaluator.transformer_post_processing,
-      pixel_confidence_threshold=evaluator.pixel_confidence_threshold,
-      transformer_class_confidence_threshold_thing=(
-          maskwise.transformer_class_confidence_threshold_thing),
-      transformer_class_confidence_threshold_stuff=(
-          maskwise.transformer_class_confidence_threshold_stuff),
-      overlapping_threshold=maskwise.overlapping_threshold,
-      reorder_class_weight=maskwise.reorder_class_weight,
-      reorder_mask_weight=maskwise.reorder_mask_weight,
-      thing_area_limit=evaluator.thing_area_limit,
-      stuff_area_limit=evaluator.stuff_area_limit)
+      **same_name_values(evaluator, init),
+      **same_name_values(evaluator.maskwise_postprocessing, init))
 
 
 def build_associater(config: config_pb2.ExperimentOptions,
                      descriptor: dataset_lib.DatasetDescriptor
                      ) -> video_associater.VideoAssociater:
-  """A fresh cross-clip associater (one per video) from `association` options;
-  it reads T from the clips it receives."""
-  association = config.evaluator_options.association
+  """A fresh cross-clip associater (one per video) from `association` options,
+  every field by name; it reads T from the clips it receives."""
   return video_associater.VideoAssociater(
       label_divisor=descriptor.panoptic_label_divisor,
-      thing_class_ids=descriptor.class_has_instances_list,
-      use_stitching=association.use_stitching,
-      stitching_score=association.stitching_score,
-      stitching_threshold=association.stitching_threshold,
-      memory_type=association.memory_type,
-      lam=association.lam,
-      tau=association.tau,
-      alpha=association.alpha,
-      temperature=association.temperature,
-      distance=association.distance)
+      thing_class_ids=descriptor.thing_class_ids,
+      **fields.values(config.evaluator_options.association))

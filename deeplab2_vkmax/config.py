@@ -17,6 +17,14 @@ from typing import Optional
 from google.protobuf import message as proto_message
 from google.protobuf import text_format
 
+from deeplab2_vkmax import trainer
+from deeplab2_vkmax.association import matching
+from deeplab2_vkmax.association import video_associater
+from deeplab2_vkmax.model import backbones
+from deeplab2_vkmax.model import loss
+from deeplab2_vkmax.model import post_processor
+from deeplab2_vkmax.model import precision
+from deeplab2_vkmax.model import transformer_decoder
 from deeplab2_vkmax.protos import config_pb2
 
 # The encoder's output stride: a crop must give every stage at least one pixel.
@@ -24,25 +32,21 @@ _MIN_CROP = 32
 
 _PARSE_ERROR_RE = re.compile(r'^(\d+):(\d+) : (.*)$', re.DOTALL)
 
-# Allowed values of the string fields that select behaviour:
+# Allowed values of the string fields that select behaviour, as the modules that
+# implement them declare them (none imports TensorFlow):
 # (message path, field) -> allowed values.
 _CHOICES = {
-    ('model_options.backbone', 'name'): ('resnet50', 'resnet50_keras', 'axial_resnet50',
-                                         'convnext_tiny',
-                                         'convnext_small', 'convnext_base',
-                                         'convnext_large'),
+    ('model_options.backbone', 'name'): backbones.NAMES,
     ('model_options.clip_kmax', 'transformer_cross_attention'): (
-        'kmeans', 'standard', 'latent_memory'),
-    ('trainer_options.solver_options', 'optimizer'): ('adamw', 'adam', 'sgd'),
-    ('trainer_options.solver_options', 'learning_policy'): ('poly', 'cosine'),
-    ('trainer_options.solver_options', 'mixed_precision'): ('float32', 'mixed_float16',
-                                                            'mixed_bfloat16'),
-    ('trainer_options.loss_options.semantic_loss', 'name'): ('softmax_cross_entropy',),
-    ('evaluator_options', 'transformer_post_processing'): ('maskwise', 'pixelwise'),
-    ('evaluator_options.association', 'memory_type'): ('hila', 'naive', 'none',
-                                                       'location'),
-    ('evaluator_options.association', 'stitching_score'): ('iou', 'dice'),
-    ('evaluator_options.association', 'distance'): ('squared_l2', 'l2'),
+        transformer_decoder.CROSS_ATTENTIONS),
+    ('trainer_options.solver_options', 'optimizer'): trainer.OPTIMIZERS,
+    ('trainer_options.solver_options', 'learning_policy'): trainer.LEARNING_POLICIES,
+    ('trainer_options.solver_options', 'mixed_precision'): precision.MIXED_PRECISION_POLICIES,
+    ('trainer_options.loss_options.semantic_loss', 'name'): loss.SEMANTIC_LOSSES,
+    ('evaluator_options', 'transformer_post_processing'): post_processor.POST_PROCESSING_MODES,
+    ('evaluator_options.association', 'memory_type'): video_associater.MEMORY_TYPES,
+    ('evaluator_options.association', 'stitching_score'): matching.OVERLAP_SCORES,
+    ('evaluator_options.association', 'distance'): matching.BOX_DISTANCES,
 }
 
 

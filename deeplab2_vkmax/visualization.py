@@ -107,7 +107,7 @@ def colourise_panoptic(panoptic: np.ndarray,
   semantic = ids // divisor
   instance = ids % divisor
   palette = colormap[np.clip(semantic, 0, len(colormap) - 1)]
-  things = np.isin(semantic, descriptor.class_has_instances_list) & (instance > 0)
+  things = np.isin(semantic, descriptor.thing_class_ids) & (instance > 0)
   for index in np.flatnonzero(things):
     palette[index] = track_colour(instance[index])
   return palette[inverse.reshape(panoptic.shape)]

@@ -83,7 +83,7 @@ def build_metrics(names: Sequence[str], descriptor: dataset_lib.DatasetDescripto
   if unknown or not names:
     raise ValueError(f'unknown metrics {unknown or names}; expected some of {list(METRICS)}.')
   d = descriptor
-  things = list(d.class_has_instances_list)
+  things = list(d.thing_class_ids)
   divisor = d.panoptic_label_divisor
   factories = {
       'stq': lambda: stq.STQuality(d.num_classes, things, d.ignore_label, divisor,

@@ -98,29 +98,29 @@ def merge_histograms(histograms: Sequence[Histogram]) -> Histogram:
 class SegmentMatcher:
   """Per-class TP / FP / FN / IoU sums of one image or one window of frames."""
 
-  def __init__(self, num_classes: int, things_list: Sequence[int], ignore_label: int,
+  def __init__(self, num_classes: int, thing_class_ids: Sequence[int], ignore_label: int,
                label_divisor: int):
     """Creates the matcher.
 
     Args:
       num_classes: semantic classes (ignore label excluded).
-      things_list: semantic classes that are things (instance 0 = crowd).
+      thing_class_ids: semantic classes that are things (instance 0 = crowd).
       ignore_label: semantic class of VOID pixels, outside [0, num_classes).
       label_divisor: panoptic encoding `semantic * label_divisor + instance`.
 
     Raises:
       ValueError: inconsistent arguments.
     """
-    metric_checks.check_panoptic_arguments(num_classes, things_list, label_divisor)
+    metric_checks.check_panoptic_arguments(num_classes, thing_class_ids, label_divisor)
     if 0 <= ignore_label < num_classes:
       raise ValueError(f'ignore_label must be outside [0, {num_classes}); received '
                        f'{ignore_label}.')
     self.num_classes = int(num_classes)
-    self.things_list = tuple(sorted(set(int(c) for c in things_list)))
+    self.thing_class_ids = tuple(sorted(set(int(c) for c in thing_class_ids)))
     self.ignore_label = int(ignore_label)
     self.label_divisor = int(label_divisor)
     self.is_thing = np.zeros(self.num_classes, bool)
-    self.is_thing[list(self.things_list)] = True
+    self.is_thing[list(self.thing_class_ids)] = True
 
   def _semantic(self, ids: np.ndarray, name: str) -> Tuple[np.ndarray, np.ndarray]:
     """(semantic class with VOID -> 0, is VOID) of panoptic ids."""
@@ -217,8 +217,8 @@ class SegmentMatcher:
     return out
 
   def same_protocol(self, other: 'SegmentMatcher') -> bool:
-    return ((self.num_classes, self.things_list, self.ignore_label, self.label_divisor)
-            == (other.num_classes, other.things_list, other.ignore_label,
+    return ((self.num_classes, self.thing_class_ids, self.ignore_label, self.label_divisor)
+            == (other.num_classes, other.thing_class_ids, other.ignore_label,
                 other.label_divisor))
 
 
@@ -241,16 +241,16 @@ class PanopticQuality:
   """Streaming image PQ (the n = 1 rule of VPQ on each image).
 
   Example:
-    metric = PanopticQuality(num_classes=19, things_list=[11, 13], ignore_label=255,
+    metric = PanopticQuality(num_classes=19, thing_class_ids=[11, 13], ignore_label=255,
                              label_divisor=1000)
     metric.update_state(gt, pred)   # [H, W], or [T, H, W] = T separate images
     metric.result()['PQ']
   """
 
-  def __init__(self, num_classes: int, things_list: Sequence[int], ignore_label: int,
+  def __init__(self, num_classes: int, thing_class_ids: Sequence[int], ignore_label: int,
                label_divisor: int):
     """Creates the metric; arguments as `SegmentMatcher`."""
-    self._matcher = SegmentMatcher(num_classes, things_list, ignore_label, label_divisor)
+    self._matcher = SegmentMatcher(num_classes, thing_class_ids, ignore_label, label_divisor)
     self._stats = np.zeros((4, num_classes), np.float64)
     self.num_images = 0
 
@@ -280,7 +280,7 @@ class PanopticQuality:
     for other in others:
       if not self._matcher.same_protocol(other._matcher):
         raise ValueError('merge_state needs PanopticQuality objects with the same '
-                         'num_classes, things_list, ignore_label and label_divisor.')
+                         'num_classes, thing_class_ids, ignore_label and label_divisor.')
       self._stats += other._stats
       self.num_images += other.num_images
 

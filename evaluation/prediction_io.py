@@ -114,7 +114,7 @@ def write_vipseg_json(output_dir: str, parts: Sequence[Dict[str, Any]]) -> str:
 
 
 def read_vipseg(output_dir: str, *, label_divisor: int, ignore_label: int,
-                things_list: Sequence[int]) -> Iterator[Tuple[str, str, np.ndarray]]:
+                thing_class_ids: Sequence[int]) -> Iterator[Tuple[str, str, np.ndarray]]:
   """Reads `pred.json` + `pan_pred/` back: yields (video, image_id, panoptic [H, W]).
 
   Raises:
@@ -123,7 +123,7 @@ def read_vipseg(output_dir: str, *, label_divisor: int, ignore_label: int,
   """
   with open(os.path.join(output_dir, 'pred.json')) as f:
     prediction = json.load(f)
-  things = set(things_list)
+  things = set(thing_class_ids)
   for video in prediction['annotations']:
     for frame in video['annotations']:
       rgb = _load_png(os.path.join(output_dir, 'pan_pred', video['video_id'],

@@ -219,21 +219,21 @@ class STQuality:
   """Streaming STQ over any number of sequences.
 
   Example:
-    metric = STQuality(num_classes=19, things_list=[11, 13], ignore_label=255,
+    metric = STQuality(num_classes=19, thing_class_ids=[11, 13], ignore_label=255,
                        label_divisor=1000, offset=256 * 256 * 256)
     for sequence_id, gt, pred in frames:
       metric.update_state(gt, pred, sequence_id)
     scores = metric.result()
   """
 
-  def __init__(self, num_classes: int, things_list: Sequence[int],
+  def __init__(self, num_classes: int, thing_class_ids: Sequence[int],
                ignore_label: int, label_divisor: int, offset: int, *,
                vipseg_first_segment_crowd: bool = False):
     """Creates the metric.
 
     Args:
       num_classes: number of semantic classes (ignore label excluded).
-      things_list: semantic classes that are things.
+      thing_class_ids: semantic classes that are things.
       ignore_label: ground-truth semantic label that is ignored (e.g. 255).
       label_divisor: panoptic encoding `semantic * label_divisor + instance`.
       offset: key multiplier for (gt id, pred id) pairs; must be larger than every
@@ -250,12 +250,12 @@ class STQuality:
     Raises:
       ValueError: inconsistent arguments.
     """
-    metric_checks.check_panoptic_arguments(num_classes, things_list, label_divisor)
+    metric_checks.check_panoptic_arguments(num_classes, thing_class_ids, label_divisor)
     if offset < num_classes * label_divisor:
       raise ValueError(f'offset must be >= num_classes * label_divisor = '
                        f'{num_classes * label_divisor}; received {offset}.')
     self._num_classes = int(num_classes)
-    self._things_list = np.asarray(sorted(set(things_list)), dtype=np.int64)
+    self._thing_class_ids = np.asarray(sorted(set(thing_class_ids)), dtype=np.int64)
     self._ignore_label = int(ignore_label)
     self._label_divisor = int(label_divisor)
     self._offset = int(offset)
@@ -270,7 +270,7 @@ class STQuality:
                                     dtype=np.int64)
     # Semantic value -> confusion index; anything else is rejected.
     self._is_thing_lut = np.zeros(self._confusion_size, dtype=bool)
-    self._is_thing_lut[self._things_list] = True
+    self._is_thing_lut[self._thing_class_ids] = True
     self._sequences: 'collections.OrderedDict[Hashable, _SequenceState]' = (
         collections.OrderedDict())
     self._joint = _JointCounter()
@@ -370,10 +370,10 @@ class STQuality:
       if (other._num_classes, other._label_divisor, other._offset,
           other._ignore_label) != (self._num_classes, self._label_divisor,
                                    self._offset, self._ignore_label) or not (
-                                       np.array_equal(other._things_list,
-                                                      self._things_list)):
+                                       np.array_equal(other._thing_class_ids,
+                                                      self._thing_class_ids)):
         raise ValueError('merge_state needs STQuality objects with the same '
-                         'num_classes, things_list, ignore_label, label_divisor '
+                         'num_classes, thing_class_ids, ignore_label, label_divisor '
                          'and offset.')
       for sequence_id, theirs in other._sequences.items():
         mine = self._sequences.get(sequence_id)

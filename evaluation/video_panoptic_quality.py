@@ -66,21 +66,21 @@ class VideoPanopticQuality:
   """Streaming VPQ over any number of videos.
 
   Example:
-    metric = VideoPanopticQuality(num_classes=124, things_list=things, ignore_label=255,
+    metric = VideoPanopticQuality(num_classes=124, thing_class_ids=things, ignore_label=255,
                                   label_divisor=1000, window_sizes='vipseg')
     for sequence_id, gt, pred in frames_in_order:
       metric.update_state(gt, pred, sequence_id)
     print(metric.format_result(metric.result()))
   """
 
-  def __init__(self, num_classes: int, things_list: Sequence[int], ignore_label: int,
+  def __init__(self, num_classes: int, thing_class_ids: Sequence[int], ignore_label: int,
                label_divisor: int,
                window_sizes: Union[str, Sequence[int]] = 'video_kmax'):
     """Creates the metric.
 
     Args:
       num_classes: semantic classes (ignore label excluded).
-      things_list: thing classes (GT instance 0 of a thing = crowd).
+      thing_class_ids: thing classes (GT instance 0 of a thing = crowd).
       ignore_label: semantic class of VOID pixels, outside [0, num_classes).
       label_divisor: panoptic encoding `semantic * label_divisor + instance`.
       window_sizes: a preset name ('vipseg', 'video_kmax', 'cityscapes_vps') or
@@ -89,7 +89,7 @@ class VideoPanopticQuality:
     Raises:
       ValueError: inconsistent arguments.
     """
-    self._matcher = panoptic_quality.SegmentMatcher(num_classes, things_list, ignore_label,
+    self._matcher = panoptic_quality.SegmentMatcher(num_classes, thing_class_ids, ignore_label,
                                                     label_divisor)
     self.window_sizes, self.preset = resolve_window_sizes(window_sizes)
     self._max_window = max(self.window_sizes)
@@ -105,8 +105,8 @@ class VideoPanopticQuality:
 
   def __repr__(self) -> str:
     m = self._matcher
-    return (f'VideoPanopticQuality(num_classes={m.num_classes}, things_list='
-            f'{list(m.things_list)}, ignore_label={m.ignore_label}, label_divisor='
+    return (f'VideoPanopticQuality(num_classes={m.num_classes}, thing_class_ids='
+            f'{list(m.thing_class_ids)}, ignore_label={m.ignore_label}, label_divisor='
             f'{m.label_divisor}, window_sizes={_window_set(self.window_sizes)})')
 
   def reset_states(self) -> None:

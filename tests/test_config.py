@@ -75,7 +75,7 @@ def test_bad_choice_names_line_and_allowed_values(tmp_path):
     config.load_experiment_config(path)
   message = _one_line(str(error.value))
   assert message.startswith(f'{path}:{line}: field evaluator_options.association.memory_type')
-  assert 'hila, naive, none' in message
+  assert 'hila, naive, location, none' in message
 
 
 def test_crop_size_is_checked_and_removed_clip_overlap_is_explained(tmp_path):

@@ -12,6 +12,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from deeplab2_vkmax import trainer
 from deeplab2_vkmax.model import precision
 from deeplab2_vkmax.protos import trainer_pb2
 
@@ -41,8 +42,9 @@ class WarmUpDecay(keras.optimizers.schedules.LearningRateSchedule):
   def __init__(self, *, base_learning_rate: float, training_number_of_steps: int,
                learning_policy: str = 'poly', warmup_steps: int = 0,
                poly_learning_power: float = 0.9, end_learning_rate: float = 0.0):
-    if learning_policy not in ('poly', 'cosine'):
-      raise ValueError(f'learning_policy must be "poly" or "cosine", got "{learning_policy}"')
+    if learning_policy not in trainer.LEARNING_POLICIES:
+      raise ValueError(f'learning_policy must be one of {", ".join(trainer.LEARNING_POLICIES)}, '
+                       f'got "{learning_policy}"')
     self.base_learning_rate = base_learning_rate
     self.training_number_of_steps = training_number_of_steps
     self.learning_policy = learning_policy
@@ -123,7 +125,8 @@ def build_optimizer(solver: trainer_pb2.SolverOptions, variables: Sequence[tf.Va
   elif solver.optimizer == 'sgd':
     optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
   else:
-    raise ValueError(f'optimizer must be one of adamw, adam, sgd; got "{solver.optimizer}"')
+    raise ValueError(f'optimizer must be one of {", ".join(trainer.OPTIMIZERS)}; got '
+                     f'"{solver.optimizer}"')
   if uses_loss_scaling(solver):
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   optimizer.build(list(variables))

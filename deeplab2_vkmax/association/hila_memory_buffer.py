@@ -31,6 +31,10 @@ import numpy as np
 
 from deeplab2_vkmax.association import matching
 from deeplab2_vkmax.association import naive_memory_buffer
+from deeplab2_vkmax.protos import association_pb2
+from deeplab2_vkmax.protos import fields
+
+_DEFAULTS = fields.defaults(association_pb2.AssociationOptions)
 
 
 class HiLAMemoryBuffer(naive_memory_buffer.NaiveMemoryBuffer):
@@ -44,8 +48,9 @@ class HiLAMemoryBuffer(naive_memory_buffer.NaiveMemoryBuffer):
 
   uses_location = True
 
-  def __init__(self, *, lam: float = 0.8, tau: int = 10, temperature: float = 1.0,
-               distance: str = 'squared_l2'):
+  def __init__(self, *, lam: float = _DEFAULTS['lam'], tau: int = _DEFAULTS['tau'],
+               temperature: float = _DEFAULTS['temperature'],
+               distance: str = _DEFAULTS['distance']):
     """Creates an empty buffer.
 
     Args:

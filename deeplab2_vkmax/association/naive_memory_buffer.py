@@ -32,6 +32,10 @@ from typing import Optional
 import numpy as np
 
 from deeplab2_vkmax.association import matching
+from deeplab2_vkmax.protos import association_pb2
+from deeplab2_vkmax.protos import fields
+
+_DEFAULTS = fields.defaults(association_pb2.AssociationOptions)
 
 
 def last_seen_frames(frame_indices: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -61,7 +65,7 @@ class NaiveMemoryBuffer:
   uses_appearance = True
   uses_location = False
 
-  def __init__(self, *, lam: float = 0.8, tau: int = 10):
+  def __init__(self, *, lam: float = _DEFAULTS['lam'], tau: int = _DEFAULTS['tau']):
     """Creates an empty buffer.
 
     Args:

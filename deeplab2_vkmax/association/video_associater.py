@@ -48,6 +48,10 @@ from deeplab2_vkmax.association import hila_memory_buffer
 from deeplab2_vkmax.association import matching
 from deeplab2_vkmax.association import naive_memory_buffer
 from deeplab2_vkmax.association import video_stitcher
+from deeplab2_vkmax.protos import association_pb2
+from deeplab2_vkmax.protos import fields
+
+_DEFAULTS = fields.defaults(association_pb2.AssociationOptions)
 
 MEMORY_TYPES = ('hila', 'naive', 'location', 'none')
 
@@ -80,12 +84,18 @@ class VideoAssociater:
   """
 
   def __init__(self, *, label_divisor: int,
-               thing_class_ids: Sequence[int], use_stitching: bool = True,
-               stitching_score: str = 'iou', stitching_threshold: float = 0.0,
-               memory_type: str = 'hila', lam: float = 0.8, tau: int = 10,
-               alpha: float = 0.7, temperature: float = 1.0,
-               distance: str = 'squared_l2'):
+               thing_class_ids: Sequence[int],
+               use_stitching: bool = _DEFAULTS['use_stitching'],
+               stitching_score: str = _DEFAULTS['stitching_score'],
+               stitching_threshold: float = _DEFAULTS['stitching_threshold'],
+               memory_type: str = _DEFAULTS['memory_type'],
+               lam: float = _DEFAULTS['lam'], tau: int = _DEFAULTS['tau'],
+               alpha: float = _DEFAULTS['alpha'],
+               temperature: float = _DEFAULTS['temperature'],
+               distance: str = _DEFAULTS['distance']):
     """Creates the associater.
+
+    Defaults: `AssociationOptions` in deeplab2_vkmax/protos/association.proto.
 
     Args:
       label_divisor: panoptic encoding `semantic * label_divisor + instance`;

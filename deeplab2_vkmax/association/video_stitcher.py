@@ -14,13 +14,18 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from deeplab2_vkmax.association import matching
+from deeplab2_vkmax.protos import association_pb2
+from deeplab2_vkmax.protos import fields
+
+_DEFAULTS = fields.defaults(association_pb2.AssociationOptions)
 
 
 class VideoStitcher:
   """Mutual-best overlap matching on the frame two consecutive clips share."""
 
   def __init__(self, *, label_divisor: int, thing_class_ids: Sequence[int],
-               score: str = 'iou', threshold: float = 0.0):
+               score: str = _DEFAULTS['stitching_score'],
+               threshold: float = _DEFAULTS['stitching_threshold']):
     """Creates a stitcher.
 
     Args:

@@ -72,7 +72,7 @@ def raw_mask_to_panoptic(values: np.ndarray, path: str,
                      f'category * 100 + object.')
   semantic = np.where(values == 0, descriptor.ignore_label, category - 1)
   is_object = (values >= _FIRST_OBJECT_VALUE) & np.isin(
-      semantic, descriptor.class_has_instances_list)
+      semantic, descriptor.thing_class_ids)
   instance = np.where(is_object, values % 100 + 1, 0)
   return tfrecord_writer.compose_panoptic(path, semantic, instance, descriptor)
 

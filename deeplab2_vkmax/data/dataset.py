@@ -27,7 +27,7 @@ class DatasetDescriptor:
     num_classes: Number of semantic classes (void excluded).
     ignore_label: Semantic id of void pixels.
     panoptic_label_divisor: `panoptic = semantic * divisor + instance`.
-    class_has_instances_list: Thing class ids (0-based semantic ids).
+    thing_class_ids: Thing class ids (0-based semantic ids).
     class_names: `num_classes` names, index = semantic id.
     colormap: `num_classes` RGB triples for visualisation, index = semantic id.
     splits_to_sizes: Split name -> number of frames (examples); empty where unknown.
@@ -40,7 +40,7 @@ class DatasetDescriptor:
   num_classes: int
   ignore_label: int
   panoptic_label_divisor: int
-  class_has_instances_list: Tuple[int, ...]
+  thing_class_ids: Tuple[int, ...]
   class_names: Tuple[str, ...]
   colormap: Tuple[_RGB, ...]
   splits_to_sizes: Mapping[str, int]
@@ -57,7 +57,7 @@ class DatasetDescriptor:
       raise ValueError(
           f'{self.name}: got {len(self.colormap)} colours, expected '
           f'num_classes={self.num_classes}.')
-    bad = [c for c in self.class_has_instances_list
+    bad = [c for c in self.thing_class_ids
            if not 0 <= c < self.num_classes]
     if bad:
       raise ValueError(f'{self.name}: thing class ids {bad} outside '
@@ -71,14 +71,9 @@ class DatasetDescriptor:
     return hash((self.name, self.num_classes, self.panoptic_label_divisor))
 
   @property
-  def thing_class_ids(self) -> Tuple[int, ...]:
-    """Thing class ids (alias of `class_has_instances_list`)."""
-    return self.class_has_instances_list
-
-  @property
   def stuff_class_ids(self) -> Tuple[int, ...]:
     """Class ids that are not things, in increasing order."""
-    things = set(self.class_has_instances_list)
+    things = set(self.thing_class_ids)
     return tuple(c for c in range(self.num_classes) if c not in things)
 
   @property
@@ -88,7 +83,7 @@ class DatasetDescriptor:
 
   def is_thing(self, class_id: int) -> bool:
     """Whether `class_id` is a thing class."""
-    return class_id in self.class_has_instances_list
+    return class_id in self.thing_class_ids
 
 
 def _frozen(mapping: Mapping[str, int]) -> Mapping[str, int]:
@@ -200,7 +195,7 @@ _DATASETS = {
         num_classes=19,
         ignore_label=255,
         panoptic_label_divisor=1000,
-        class_has_instances_list=(11, 13),
+        thing_class_ids=(11, 13),
         class_names=_CITYSCAPES_NAMES,
         colormap=_CITYSCAPES_COLORMAP,
         splits_to_sizes=_frozen({'train': 5027, 'val': 2981, 'test': 11095}),
@@ -211,7 +206,7 @@ _DATASETS = {
         num_classes=124,
         ignore_label=255,
         panoptic_label_divisor=1000,
-        class_has_instances_list=_names_to_ids(_VIPSEG_NAMES, _VIPSEG_THING_NAMES),
+        thing_class_ids=_names_to_ids(_VIPSEG_NAMES, _VIPSEG_THING_NAMES),
         class_names=_VIPSEG_NAMES,
         colormap=_generated_colormap(124),
         splits_to_sizes=_frozen({}),  # Frame counts per split not pinned here.
@@ -222,7 +217,7 @@ _DATASETS = {
         num_classes=124,
         ignore_label=255,
         panoptic_label_divisor=1000,
-        class_has_instances_list=(),
+        thing_class_ids=(),
         class_names=tuple(f'class_{i}' for i in range(124)),
         colormap=_generated_colormap(124),
         splits_to_sizes=_frozen({}),
@@ -234,7 +229,7 @@ _DATASETS = {
         num_classes=133,
         ignore_label=255,
         panoptic_label_divisor=1000,
-        class_has_instances_list=tuple(range(80)),
+        thing_class_ids=tuple(range(80)),
         class_names=_COCO_THING_NAMES + _COCO_STUFF_NAMES,
         colormap=_generated_colormap(133),
         splits_to_sizes=_frozen({'train': 118287, 'val': 5000, 'test': 40670}),
@@ -245,7 +240,7 @@ _DATASETS = {
         num_classes=19,
         ignore_label=255,
         panoptic_label_divisor=1000,
-        class_has_instances_list=tuple(range(11, 19)),
+        thing_class_ids=tuple(range(11, 19)),
         class_names=_CITYSCAPES_NAMES,
         colormap=_CITYSCAPES_COLORMAP,
         splits_to_sizes=_frozen({'train': 2975, 'val': 500, 'test': 1525}),
@@ -256,7 +251,7 @@ _DATASETS = {
         num_classes=6,
         ignore_label=255,
         panoptic_label_divisor=1000,
-        class_has_instances_list=SYNTHETIC_THING_CLASS_IDS,
+        thing_class_ids=SYNTHETIC_THING_CLASS_IDS,
         class_names=SYNTHETIC_CLASS_NAMES,
         colormap=_SYNTHETIC_COLORMAP,
         # Default generation parameters (train 4 x 20 frames, val 2 x 12 frames).

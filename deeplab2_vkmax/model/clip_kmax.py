@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 
 from deeplab2_vkmax import common
+from deeplab2_vkmax.model import backbones
 from deeplab2_vkmax.model.heads import kmax_prediction_head
 from deeplab2_vkmax.model.heads import semantic_decoder
 from deeplab2_vkmax.model.layers import checkpoint_naming
@@ -25,6 +26,18 @@ from deeplab2_vkmax.model.pixel_encoder import axial_resnet
 from deeplab2_vkmax.model.pixel_encoder import convnext
 from deeplab2_vkmax.model.pixel_encoder import resnet
 from deeplab2_vkmax.model.transformer_decoder import kmax_transformer_decoder
+from deeplab2_vkmax.protos import fields
+from deeplab2_vkmax.protos import model_pb2
+from deeplab2_vkmax.protos import trainer_pb2
+
+# Defaults of the settings a config can give (deeplab2_vkmax/protos/*.proto);
+# repeated fields (block counts, widths, rates) carry theirs here.
+_KMAX = fields.defaults(model_pb2.ClipKMaXOptions)
+_BACKBONE = fields.defaults(model_pb2.BackboneOptions)
+_PIXEL_SPACE = fields.defaults(model_pb2.PixelSpaceHeadOptions)
+_SEMANTIC = fields.defaults(model_pb2.SemanticHeadOptions)
+_SOLVER = fields.defaults(trainer_pb2.SolverOptions,
+                          ('batchnorm_momentum', 'batchnorm_epsilon', 'use_sync_batchnorm'))
 
 # Pixel-decoder endpoints fed to the transformer decoder, coarsest first.
 _TRANSFORMER_INPUTS = ('decoder_stage1', 'decoder_stage2', 'decoder_stage3')
@@ -59,20 +72,22 @@ def _convnext(variant: str) -> Callable[..., keras.layers.Layer]:
   return build
 
 
-# backbone_name -> encoder constructor (width multiplier, block counts or None
-# for the backbone's own, drop-path keep probability, BN options).
+def _encoder(name: str) -> Callable[..., keras.layers.Layer]:
+  family = backbones.BACKBONES[name].family
+  if family == 'resnet':
+    return _resnet50('keras' if name == 'resnet50_keras' else 'deeplab2')
+  if family == 'axial_resnet':
+    return _axial_resnet50
+  return _convnext(name)
+
+
+# backbone_name (`backbones.NAMES`) -> encoder constructor (width multiplier,
+# block counts or None for the backbone's own, drop-path keep probability, BN
+# options).
 ENCODERS: Dict[str, Callable[..., keras.layers.Layer]] = {
-    'resnet50': _resnet50('deeplab2'),
-    # The same variables in Keras Applications' ResNet50 layout (max pool,
-    # stride on the 1x1 conv), for its ImageNet weights; see resnet.py.
-    'resnet50_keras': _resnet50('keras'),
-    # DeepLab2's name for Axial-ResNet-50 (the MaX-DeepLab-S backbone), the
-    # paper's "Axial-ResNet50-B1".
-    'axial_resnet50': _axial_resnet50,
-    **{name: _convnext(name) for name in convnext.VARIANTS},
-}
+    name: _encoder(name) for name in backbones.NAMES}
 # Encoders with an OS2 endpoint ('stage1'), needed by decoder_output_stride 2.
-_ENCODERS_WITH_OS2 = ('resnet50', 'resnet50_keras', 'axial_resnet50')
+_ENCODERS_WITH_OS2 = tuple(name for name, b in backbones.BACKBONES.items() if b.has_os2)
 
 
 def tiny_model_kwargs(num_classes: int = 3) -> Dict[str, Any]:
@@ -164,41 +179,47 @@ class ClipKMaX(keras.Model):
     bn_momentum, bn_epsilon, use_sync_batchnorm: BN options.
   """
 
-  def __init__(self, *, num_classes: int, num_mask_slots: int = 128,
-               backbone_name: str = 'resnet50',
-               backbone_width_multiplier: float = 1.0,
+  def __init__(self, *, num_classes: int, num_mask_slots: int = _KMAX['num_mask_slots'],
+               backbone_name: str = _BACKBONE['name'],
+               backbone_width_multiplier: float = _BACKBONE['width_multiplier'],
                backbone_block_counts: Optional[Sequence[int]] = None,
-               drop_path_keep_prob: float = 1.0,
-               pixel_decoder_drop_path_keep_prob: float = 1.0,
-               transformer_decoder_drop_path_keep_prob: float = 0.8,
+               drop_path_keep_prob: float = _BACKBONE['drop_path_keep_prob'],
+               pixel_decoder_drop_path_keep_prob: float = (
+                   _KMAX['pixel_decoder_drop_path_keep_prob']),
+               transformer_decoder_drop_path_keep_prob: float = (
+                   _KMAX['transformer_decoder_drop_path_keep_prob']),
                pixel_decoder_block_counts: Sequence[int] = (1, 5, 1, 1),
                pixel_decoder_widths: Sequence[int] = (512, 256, 128, 64),
                pixel_decoder_block_types: Sequence[str] = (
                    'axial', 'axial', 'bottleneck', 'bottleneck'),
-               pixel_decoder_num_heads: int = 8, axial_max_span: int = 255,
-               decoder_output_stride: int = 4,
-               pixel_decoder_os2_width: int = 32,
-               pixel_decoder_os2_block_count: int = 1,
+               pixel_decoder_num_heads: int = _KMAX['pixel_decoder_num_heads'],
+               axial_max_span: int = _KMAX['axial_max_span'],
+               decoder_output_stride: int = _KMAX['decoder_output_stride'],
+               pixel_decoder_os2_width: int = _KMAX['pixel_decoder_os2_width'],
+               pixel_decoder_os2_block_count: int = _KMAX['pixel_decoder_os2_block_count'],
                transformer_decoder_block_counts: Sequence[int] = (2, 2, 2),
-               transformer_channels: int = 256, transformer_num_heads: int = 8,
-               transformer_ffn_channels: int = 2048,
-               transformer_cross_attention: str = 'kmeans',
-               transformer_latent_memory_size: int = 16,
-               pixel_space_head_channels: int = 256,
-               pixel_space_output_channels: int = 128,
-               use_auxiliary_semantic_decoder: bool = True,
-               use_auxiliary_semantic_head: bool = True,
+               transformer_channels: int = _KMAX['transformer_channels'],
+               transformer_num_heads: int = _KMAX['transformer_num_heads'],
+               transformer_ffn_channels: int = _KMAX['transformer_ffn_channels'],
+               transformer_cross_attention: str = _KMAX['transformer_cross_attention'],
+               transformer_latent_memory_size: int = _KMAX['transformer_latent_memory_size'],
+               pixel_space_head_channels: int = _PIXEL_SPACE['head_channels'],
+               pixel_space_output_channels: int = _PIXEL_SPACE['output_channels'],
+               use_auxiliary_semantic_decoder: bool = _KMAX['use_auxiliary_semantic_decoder'],
+               use_auxiliary_semantic_head: bool = _KMAX['use_auxiliary_semantic_head'],
                auxiliary_low_level: Sequence[Tuple[str, int]] = (
                    ('res3', 64), ('res2', 32)),
-               aspp_channels: int = 256,
+               aspp_channels: int = _SEMANTIC['aspp_channels'],
                atrous_rates: Sequence[int] = (6, 12, 18),
-               aspp_dropout_rate: float = 0.1,
-               semantic_decoder_channels: int = 256,
-               semantic_head_channels: int = 256,
+               aspp_dropout_rate: float = _SEMANTIC['aspp_dropout_rate'],
+               semantic_decoder_channels: int = _SEMANTIC['decoder_channels'],
+               semantic_head_channels: int = _SEMANTIC['head_channels'],
                void_prior_prob: float = 0.9, mask_bn_gamma_init: float = 0.1,
                center_init_stddev: float = 1.0,
-               layer_norm_epsilon: float = 1e-6, bn_momentum: float = 0.99,
-               bn_epsilon: float = 1e-3, use_sync_batchnorm: bool = False,
+               layer_norm_epsilon: float = 1e-6,
+               bn_momentum: float = _SOLVER['batchnorm_momentum'],
+               bn_epsilon: float = _SOLVER['batchnorm_epsilon'],
+               use_sync_batchnorm: bool = _SOLVER['use_sync_batchnorm'],
                **kwargs):
     super().__init__(**kwargs)
     if backbone_name not in ENCODERS:

@@ -3,8 +3,6 @@
 import contextlib
 from typing import Iterator
 
-import keras
-
 # `SolverOptions.mixed_precision` values: Keras 3 dtype policy names.
 MIXED_PRECISION_POLICIES = ('float32', 'mixed_float16', 'mixed_bfloat16')
 
@@ -27,6 +25,7 @@ def dtype_policy_scope(policy: str) -> Iterator[None]:
   if policy not in MIXED_PRECISION_POLICIES:
     raise ValueError(f'mixed_precision must be one of {", ".join(MIXED_PRECISION_POLICIES)}; '
                      f'got "{policy}"')
+  import keras  # pylint: disable=g-import-not-at-top  # Keeps this module TF-free.
   previous = keras.config.dtype_policy()
   keras.config.set_dtype_policy(policy)
   try:

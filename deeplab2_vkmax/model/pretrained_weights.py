@@ -62,6 +62,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from deeplab2_vkmax.model import backbones
 from deeplab2_vkmax.model import checkpoint_utils
 from deeplab2_vkmax.model.pixel_encoder import convnext
 
@@ -166,10 +167,8 @@ def load_keras_resnet50_weights(encoder: keras.layers.Layer, path: str) -> int:
 
 
 # BackboneOptions.name -> Keras Applications ConvNeXt constructor name.
-_KERAS_CONVNEXT = {
-    'convnext_tiny': 'ConvNeXtTiny', 'convnext_small': 'ConvNeXtSmall',
-    'convnext_base': 'ConvNeXtBase', 'convnext_large': 'ConvNeXtLarge',
-}
+_KERAS_CONVNEXT = {name: b.keras_application for name, b in backbones.BACKBONES.items()
+                   if b.family == 'convnext'}
 def convnext_name_map(keras_name: str, block_counts: Sequence[int]
                       ) -> Dict[str, Tuple[str, str]]:
   """Our ConvNeXt key -> (Keras layer, weight name); see module doc.
@@ -296,8 +295,8 @@ def _convnext_loader(backbone_name: str) -> Callable[[keras.layers.Layer, str], 
 
 # BackboneOptions.name -> loader of its `pretrained_weights` file.
 _LOADERS: Dict[str, Callable[[keras.layers.Layer, str], int]] = {
-    'resnet50': load_keras_resnet50_weights,
-    'resnet50_keras': load_keras_resnet50_weights,
+    **{name: load_keras_resnet50_weights for name, b in backbones.BACKBONES.items()
+       if b.keras_application == 'ResNet50'},
     **{name: _convnext_loader(name) for name in _KERAS_CONVNEXT},
 }
 

@@ -34,5 +34,5 @@ def test_build_associater_memory_type(memory_type, memory_class, uses_appearance
 def test_unknown_memory_type_is_rejected():
   text = TINY.read_text().replace('memory_type: "hila"', 'memory_type: "locations"')
   with pytest.raises(config.ConfigError,
-                     match='expected one of hila, naive, none, location'):
+                     match='expected one of hila, naive, location, none'):
     config.parse_experiment_config(text)

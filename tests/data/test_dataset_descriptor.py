@@ -16,7 +16,7 @@ def test_registry_names():
 def test_kitti_step_matches_deeplab2():
   d = dataset.get_dataset_descriptor('kitti_step')
   assert (d.num_classes, d.ignore_label, d.panoptic_label_divisor) == (19, 255, 1000)
-  assert d.class_has_instances_list == (11, 13)
+  assert d.thing_class_ids == (11, 13)
   assert d.class_names[11] == 'person' and d.class_names[13] == 'car'
   assert d.colormap[0] == (128, 64, 128)
   assert dict(d.splits_to_sizes) == {'train': 5027, 'val': 2981, 'test': 11095}
@@ -46,7 +46,7 @@ def test_vipseg_things_by_name():
 def test_synthetic_classes():
   d = dataset.get_dataset_descriptor('synthetic')
   assert d.class_names == ('road', 'vegetation', 'building', 'sky', 'car', 'person')
-  assert d.class_has_instances_list == (4, 5)
+  assert d.thing_class_ids == (4, 5)
   assert d.is_thing(4) and not d.is_thing(3)
 
 
@@ -72,4 +72,4 @@ def test_invalid_descriptor_rejected():
   with pytest.raises(ValueError, match='ignore_label'):
     dataclasses.replace(d, ignore_label=2)
   with pytest.raises(ValueError, match='thing class ids'):
-    dataclasses.replace(d, class_has_instances_list=(9,))
+    dataclasses.replace(d, thing_class_ids=(9,))

@@ -76,10 +76,10 @@ def test_evaluator_end_to_end_and_prediction_round_trip(exported, tmp_path, clip
 
   # Predictions written in the official format read back give the same numbers.
   labels = _ground_truth(pattern)
-  quality = stq.STQuality(DESCRIPTOR.num_classes, DESCRIPTOR.class_has_instances_list,
+  quality = stq.STQuality(DESCRIPTOR.num_classes, DESCRIPTOR.thing_class_ids,
                           DESCRIPTOR.ignore_label, DESCRIPTOR.panoptic_label_divisor, 2 ** 32)
   vpq = video_panoptic_quality.VideoPanopticQuality(
-      DESCRIPTOR.num_classes, DESCRIPTOR.class_has_instances_list, DESCRIPTOR.ignore_label,
+      DESCRIPTOR.num_classes, DESCRIPTOR.thing_class_ids, DESCRIPTOR.ignore_label,
       DESCRIPTOR.panoptic_label_divisor, window_sizes='video_kmax')
   out = tmp_path / 'predictions'
   divisor = DESCRIPTOR.panoptic_label_divisor
@@ -91,7 +91,7 @@ def test_evaluator_end_to_end_and_prediction_round_trip(exported, tmp_path, clip
     predictions = {}
     for video, _, panoptic in prediction_io.read_vipseg(
         str(out), label_divisor=divisor, ignore_label=DESCRIPTOR.ignore_label,
-        things_list=DESCRIPTOR.class_has_instances_list):
+        thing_class_ids=DESCRIPTOR.thing_class_ids):
       predictions.setdefault(video, []).append(panoptic)
     predictions = {s: np.stack(v) for s, v in predictions.items()}
   for sequence_id, gt in labels.items():

@@ -7,7 +7,7 @@ from deeplab2_vkmax.evaluation import panoptic_quality
 from deeplab2_vkmax.evaluation import video_panoptic_quality as vpq_lib
 
 # Classes: 0 stuff, 1 thing, 2 stuff; 255 void; divisor 1000.
-ARGS = dict(num_classes=3, things_list=[1], ignore_label=255, label_divisor=1000)
+ARGS = dict(num_classes=3, thing_class_ids=[1], ignore_label=255, label_divisor=1000)
 VOID = 255000
 
 

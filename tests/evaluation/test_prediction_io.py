@@ -8,7 +8,7 @@ from deeplab2_vkmax.evaluation import prediction_io
 from deeplab2_vkmax.evaluation import stq
 from deeplab2_vkmax.evaluation import video_panoptic_quality
 
-ARGS = dict(num_classes=3, things_list=[1], ignore_label=255, label_divisor=1000)
+ARGS = dict(num_classes=3, thing_class_ids=[1], ignore_label=255, label_divisor=1000)
 VOID = 255000
 
 
@@ -41,7 +41,7 @@ def test_panoptic_formats_round_trip_with_equal_metrics(tmp_path, format_name):
     prediction_io.write_vipseg_json(str(tmp_path), [writer.finish()])
     read = {}
     for video, image_id, panoptic in prediction_io.read_vipseg(
-        str(tmp_path), label_divisor=1000, ignore_label=255, things_list=[1]):
+        str(tmp_path), label_divisor=1000, ignore_label=255, thing_class_ids=[1]):
       read.setdefault(video, []).append(panoptic)
     assert sorted(read) == ['0002', '0007'] and (tmp_path / 'pan_pred' / '0002').is_dir()
   else:

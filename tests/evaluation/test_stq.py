@@ -10,7 +10,7 @@ DIVISOR, IGNORE = 1000, 255
 
 
 def _metric(**kwargs):
-  return stq.STQuality(num_classes=3, things_list=[1], ignore_label=IGNORE,
+  return stq.STQuality(num_classes=3, thing_class_ids=[1], ignore_label=IGNORE,
                        label_divisor=DIVISOR, offset=1 << 20, **kwargs)
 
 

@@ -15,19 +15,19 @@ DIVISOR = DESCRIPTOR.panoptic_label_divisor
 
 
 def _scorer(clip_length, **association):
-  metric = stq.STQuality(DESCRIPTOR.num_classes, list(DESCRIPTOR.class_has_instances_list),
+  metric = stq.STQuality(DESCRIPTOR.num_classes, list(DESCRIPTOR.thing_class_ids),
                          DESCRIPTOR.ignore_label, DIVISOR, 2 ** 32)
   return video_scorer.VideoScorer(
       associater_fn=lambda: video_associater.VideoAssociater(
           label_divisor=DIVISOR,
-          thing_class_ids=DESCRIPTOR.class_has_instances_list, **association),
+          thing_class_ids=DESCRIPTOR.thing_class_ids, **association),
       metric=metric)
 
 
 def _clip_local(labels, rng):
   """Relabels thing instances with random clip-local ids (same id in every frame)."""
   semantic, instance = labels // DIVISOR, labels % DIVISOR
-  ids = np.unique(labels[(instance > 0) & np.isin(semantic, DESCRIPTOR.class_has_instances_list)])
+  ids = np.unique(labels[(instance > 0) & np.isin(semantic, DESCRIPTOR.thing_class_ids)])
   new = rng.permutation(np.arange(1, len(ids) + 1) + 20)
   out = labels.copy()
   segment_ids, embeddings = [], []
@@ -91,12 +91,12 @@ def test_several_metrics_see_the_same_frames(tmp_path):
   (sequence_id, labels), = list(synthetic.ground_truth_sequences(root, 'val'))
   base = _scorer(2)
   vpq = video_panoptic_quality.VideoPanopticQuality(
-      DESCRIPTOR.num_classes, DESCRIPTOR.class_has_instances_list, DESCRIPTOR.ignore_label,
+      DESCRIPTOR.num_classes, DESCRIPTOR.thing_class_ids, DESCRIPTOR.ignore_label,
       DIVISOR, window_sizes=[1, 2])
   scorer = video_scorer.VideoScorer(
       associater_fn=lambda: video_associater.VideoAssociater(
           label_divisor=DIVISOR,
-          thing_class_ids=DESCRIPTOR.class_has_instances_list),
+          thing_class_ids=DESCRIPTOR.thing_class_ids),
       metrics={'stq': base.metric, 'vpq': vpq})
   rng = np.random.default_rng(2)
   for index in clips.sequence_clips(len(labels), 2):

@@ -49,7 +49,7 @@ def test_every_loss_option_reaches_the_loss():
       'num_classes': descriptor.num_classes,
       'ignore_label': descriptor.ignore_label,
       'label_divisor': descriptor.panoptic_label_divisor,
-      'thing_class_ids': list(descriptor.class_has_instances_list),
+      'thing_class_ids': list(descriptor.thing_class_ids),
       'num_mask_slots': 32,
       'output_stride': 2,
       'semantic_loss_weight': 0.5,

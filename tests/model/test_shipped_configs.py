@@ -52,7 +52,7 @@ def test_mode_and_association_follow_the_clip_length(name):
   descriptor = dataset_lib.get_dataset_descriptor(evaluation.dataset)
   assert train.clip_length == evaluation.clip_length  # Trained as evaluated.
   online = evaluation.clip_length == 1
-  if descriptor.is_video_dataset and not descriptor.class_has_instances_list:
+  if descriptor.is_video_dataset and not descriptor.thing_class_ids:
     assert association.memory_type == 'none'  # Video semantic: nothing to track.
   if descriptor.is_video_dataset:
     assert association.use_stitching == (not online), name  # Paper Sec. 3.3.

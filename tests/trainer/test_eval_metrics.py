@@ -1,5 +1,6 @@
 """The trainer's evaluation scores each data set with the CLI evaluator's metrics."""
 
+import json
 import pathlib
 import types
 
@@ -7,9 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import vkmax_testing
 from deeplab2_vkmax import config as config_lib
 from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.evaluation import evaluate
+from deeplab2_vkmax.trainer import data_lib
 from deeplab2_vkmax.trainer import evaluator as evaluator_lib
 from deeplab2_vkmax.trainer import train_lib
 
@@ -57,3 +60,36 @@ def test_vspw_evaluation_logs_miou_and_video_consistency(tmp_path):
   assert any('mIoU 1.000' in line for line in lines)
   report = (tmp_path / 'metrics_step_7.json').read_text()
   assert '"VC16": 1.0' in report
+
+
+def test_trainer_evaluation_equals_the_cli_on_the_same_weights(tiny_export, tmp_path):
+  """One evaluation path: the trainer's evaluator (`train_lib.build_evaluator`) on
+  the in-memory model and the CLI evaluator on its SavedModel give identical
+  numbers."""
+  saved_model, module = tiny_export
+  config = vkmax_testing.tiny_config()  # The export's own config.
+  synthetic = config.eval_dataset_options.synthetic
+  synthetic.root_dir = str(tmp_path / 'synthetic')
+  synthetic.num_train_sequences, synthetic.train_frames_per_sequence = 1, 2
+  synthetic.num_val_sequences, synthetic.val_frames_per_sequence = 2, 5
+  synthetic.frame_size[:] = [33, 65]
+  experiment = types.SimpleNamespace(config=config, model=module.model,
+                                     global_step=tf.Variable(0, dtype=tf.int64),
+                                     run_dir=str(tmp_path / 'run'))
+  logs = train_lib.build_evaluator(experiment, log_fn=lambda _: None).evaluate(-1)
+
+  report = evaluate.run_evaluation(
+      saved_model=saved_model, dataset='synthetic',
+      file_pattern=data_lib.resolve_file_patterns(config.eval_dataset_options)[0],
+      output_dir=str(tmp_path / 'cli'), progress=False, log_fn=lambda _: None)
+  assert report['num_frames'] == 10 and report['clip_length'] == 2
+  names = {'SQ': 'IoU'}
+  compared = [key for key, value in report['overall'].items() if isinstance(value, float)]
+  assert {'STQ', 'AQ', 'SQ', 'VPQ', 'VPQ_thing', 'VPQ_stuff'} <= set(compared)
+  for key in compared:
+    assert logs[f'evaluation/step/{names.get(key, key)}'] == report['overall'][key], key
+  assert 0.0 < report['overall']['STQ'] < 1.0  # Real predictions, not an empty case.
+  trainer_report = json.loads((tmp_path / 'run' / 'eval' / 'metrics_step_0.json').read_text())
+  assert trainer_report['per_sequence'] == {
+      sequence: {k: v for k, v in scores.items() if k in ('STQ', 'AQ', 'SQ', 'frames')}
+      for sequence, scores in report['per_sequence'].items()}

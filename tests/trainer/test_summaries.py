@@ -102,7 +102,7 @@ def test_train_and_eval_writes_scalar_image_and_eval_summaries(tmp_path):
 def test_clip_summary_image_layout_and_track_colours():
   descriptor = dataset_lib.get_dataset_descriptor('kitti_step')
   divisor = descriptor.panoptic_label_divisor
-  thing = descriptor.class_has_instances_list[0]
+  thing = descriptor.thing_class_ids[0]
   frames = np.full([2, 4, 5, 3], 100.0, np.float32)
   truth = np.full([2, 4, 5], descriptor.ignore_label * divisor, np.int64)
   prediction = np.zeros([2, 4, 5], np.int64)  # Stuff class 0 everywhere...

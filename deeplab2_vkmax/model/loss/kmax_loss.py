@@ -49,10 +49,20 @@ from deeplab2_vkmax import common
 from deeplab2_vkmax.model import class_order
 from deeplab2_vkmax.model.loss import clip_targets
 from deeplab2_vkmax.model.loss import matchers
+from deeplab2_vkmax.protos import dataset_pb2
+from deeplab2_vkmax.protos import fields
+from deeplab2_vkmax.protos import model_pb2
+from deeplab2_vkmax.protos import trainer_pb2
 
 # Lower bound of the stop-gradient loss weights (DeepLab2): a weight of exactly
 # zero would silently drop a term that should still count.
 _MIN_LOSS_WEIGHT = 1e-5
+# Defaults of the settings a config gives (deeplab2_vkmax/protos/*.proto). The
+# four loss weights are DeepLab2's kMaX weights, declared here only: the config's
+# `SingleLossOptions` applies when set (deeplab2_vkmax.builder).
+_KMAX = fields.defaults(model_pb2.ClipKMaXOptions)
+_SINGLE_LOSS = fields.defaults(trainer_pb2.SingleLossOptions)
+_DATASET = fields.defaults(dataset_pb2.DatasetOptions, ('small_instance_threshold',))
 # DeepLab2's epsilon in the matching dice and the void ratio denominators.
 _SIMILARITY_EPSILON = 1e-5
 # DeepLab2's smoothing constant of the dice loss.
@@ -120,19 +130,21 @@ class KMaXLoss:
                label_divisor: int,
                thing_class_ids: Sequence[int],
                num_mask_slots: int,
-               output_stride: int = 4,
+               output_stride: int = _KMAX['decoder_output_stride'],
                pq_style_loss_weight: float = 3.0,
                mask_id_cross_entropy_loss_weight: float = 0.3,
                instance_discrimination_loss_weight: float = 1.0,
                semantic_loss_weight: float = 1.0,
-               semantic_top_k_percent: float = 1.0,
-               instance_discrimination_sample_k: int = 4096,
-               instance_discrimination_sample_temperature: float = 0.6,
-               instance_discrimination_temperature: float = 0.3,
+               semantic_top_k_percent: float = _SINGLE_LOSS['top_k_percent'],
+               instance_discrimination_sample_k: int = _KMAX['instance_discrimination_sample_k'],
+               instance_discrimination_sample_temperature: float = (
+                   _KMAX['instance_discrimination_sample_temperature']),
+               instance_discrimination_temperature: float = (
+                   _KMAX['instance_discrimination_temperature']),
                pq_focal_alpha: float = 0.75,
-               small_instance_area: int = 4096,
+               small_instance_area: int = _DATASET['small_instance_threshold'],
                small_instance_weight: float = 1.0,
-               use_auxiliary_outputs: bool = True):
+               use_auxiliary_outputs: bool = _KMAX['use_auxiliary_outputs']):
     """Initialises the loss.
 
     Args:

@@ -41,8 +41,14 @@ import tensorflow as tf
 
 from deeplab2_vkmax import common
 from deeplab2_vkmax.model import class_order
+from deeplab2_vkmax.model import post_processor
+from deeplab2_vkmax.protos import evaluator_pb2
+from deeplab2_vkmax.protos import fields
 
-_POST_PROCESSING_MODES = ('maskwise', 'pixelwise')
+_POST_PROCESSING_MODES = post_processor.POST_PROCESSING_MODES
+# Defaults: `EvaluatorOptions` in deeplab2_vkmax/protos/evaluator.proto.
+_DEFAULTS = fields.defaults(evaluator_pb2.EvaluatorOptions)
+_MASKWISE_DEFAULTS = fields.defaults(evaluator_pb2.MaskWisePostProcessingOptions)
 
 SizeLike = Union[Tuple[int, int], Sequence[Union[int, tf.Tensor]], tf.Tensor]
 
@@ -89,15 +95,17 @@ class ClipPostProcessor(tf.Module):
                label_divisor: int,
                thing_class_ids: Sequence[int],
                ignore_label: int,
-               post_processing: str = 'maskwise',
-               pixel_confidence_threshold: float = 0.4,
-               transformer_class_confidence_threshold_thing: float = 0.7,
-               transformer_class_confidence_threshold_stuff: float = 0.5,
-               overlapping_threshold: float = 0.8,
-               reorder_class_weight: float = 1.0,
-               reorder_mask_weight: float = 1.0,
-               thing_area_limit: int = 0,
-               stuff_area_limit: int = 0,
+               post_processing: str = _DEFAULTS['transformer_post_processing'],
+               pixel_confidence_threshold: float = _DEFAULTS['pixel_confidence_threshold'],
+               transformer_class_confidence_threshold_thing: float = (
+                   _MASKWISE_DEFAULTS['transformer_class_confidence_threshold_thing']),
+               transformer_class_confidence_threshold_stuff: float = (
+                   _MASKWISE_DEFAULTS['transformer_class_confidence_threshold_stuff']),
+               overlapping_threshold: float = _MASKWISE_DEFAULTS['overlapping_threshold'],
+               reorder_class_weight: float = _MASKWISE_DEFAULTS['reorder_class_weight'],
+               reorder_mask_weight: float = _MASKWISE_DEFAULTS['reorder_mask_weight'],
+               thing_area_limit: int = _DEFAULTS['thing_area_limit'],
+               stuff_area_limit: int = _DEFAULTS['stuff_area_limit'],
                name: str = 'clip_post_processor'):
     """Initialises the post-processor.
 

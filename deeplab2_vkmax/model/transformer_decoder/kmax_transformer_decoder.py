@@ -31,11 +31,12 @@ from deeplab2_vkmax.model.layers import conv_bn_act
 from deeplab2_vkmax.model.layers import drop_path
 from deeplab2_vkmax.model.layers import normalization
 from deeplab2_vkmax.model.layers import resize
+from deeplab2_vkmax.model import transformer_decoder
 
 _PACKAGE = 'deeplab2_vkmax'
 _gelu = conv_bn_act.get_activation('gelu')
 # Centre update of a transformer layer (Video-kMaX Tab. 4); the first is clip-kMaX.
-CROSS_ATTENTIONS = ('kmeans', 'standard', 'latent_memory')
+CROSS_ATTENTIONS = transformer_decoder.CROSS_ATTENTIONS
 
 
 def _multi_head_attention(query, key, value, num_heads: int):
