@@ -35,8 +35,10 @@ _LATE_END_TO_END = 3e-3
 _DECODER_INPUTS = ('decoder_stage1', 'decoder_stage2', 'decoder_stage3')
 
 
+# The R50 pack in the fast tier, the other encoders (about 12 s each) in the slow one.
 @pytest.fixture(name='pack', scope='module', params=[
-    'cityscapes_r50', 'coco_axial_r50', 'coco_convnext_tiny'])
+    'cityscapes_r50', pytest.param('coco_axial_r50', marks=pytest.mark.slow),
+    pytest.param('coco_convnext_tiny', marks=pytest.mark.slow)])
 def pack_fixture(request, tmp_path_factory):
   """(name, config, descriptor, model, reference arrays, our arrays)."""
   name = request.param

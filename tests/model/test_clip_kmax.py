@@ -104,6 +104,7 @@ def test_get_config_round_trip(model):
   assert _shapes(clone(_clip(1, 2), auxiliary_outputs=True)) == _expected_shapes(1, 2)
 
 
+@pytest.mark.slow  # About 15 s; the fast tier has test_cross_attention's per-option check.
 def test_gradients_reach_every_trainable_variable():
   model = clip_kmax.ClipKMaX(**clip_kmax.tiny_model_kwargs())
   clip = _clip(2, 2, seed=5)

@@ -300,6 +300,17 @@ CASES: List[Case] = [
          _both(lambda d: _frames(d, [(8, 8)]), lambda d: _touch(d / 'clip.tflite', 'x'))),
 ]
 
+# Cases whose program loads TensorFlow before it can answer (about 5 s each, the
+# rest answer in under a second): the slow tier runs them, the fast tier the rest
+# (and checks that those stay quick).
+LOADS_TENSORFLOW = frozenset({
+    'train_num_gpus', 'export_no_checkpoint', 'export_empty_run_dir',
+    'export_truncated_checkpoint', 'export_output_parent_is_file',
+    'predict_bad_saved_model', 'predict_missing_tflite', 'predict_tflite_no_description',
+    'convert_missing_split', 'convert_missing_label', 'convert_size_mismatch',
+    'convert_instance_range', 'convert_unknown_class', 'convert_corrupt_png',
+    'convert_frame_gap'})
+
 
 def _command(case: Case, folder: pathlib.Path) -> List[str]:
   return [sys.executable, *case.entry, *(a.replace('{dir}', str(folder)) for a in case.args)]

@@ -38,10 +38,10 @@ def _run_tflite(path, clip):
           for name, detail in zip(export_model.TFLITE_OUTPUTS, outputs)}
 
 
-# Measured on this untrained model (many near-ties): 1.0, 0.9987, 0.9485. The
-# quantized variants convert again (about 15 s each): slow tier.
+# Measured on this untrained model (many near-ties): 1.0, 0.9987, 0.9485. Every
+# conversion takes 15-25 s: slow tier (the float32 file is shared by the tests below).
 @pytest.mark.parametrize('quantization,min_agreement', [
-    ('none', 0.999),
+    pytest.param('none', 0.999, marks=pytest.mark.slow),
     pytest.param('float16', 0.99, marks=pytest.mark.slow),
     pytest.param('dynamic_range', 0.9, marks=pytest.mark.slow)])
 def test_tflite_outputs_match_the_saved_model_function(tiny_export, clip, tmp_path, request,
@@ -100,6 +100,7 @@ def test_export_from_checkpoint_writes_tflite_at_the_requested_size(tmp_path):
   assert outputs[common.PANOPTIC_PRED].shape == (config.eval_dataset_options.clip_length, 33, 65)
 
 
+@pytest.mark.slow  # Converts (the shared float32 file).
 def test_predictor_on_tflite_tracks_like_the_model(tiny_export, float32_tflite):
   from deeplab2_vkmax import predictor as predictor_lib
   frames = vkmax_testing.synthetic_frames(5)
@@ -125,6 +126,7 @@ def test_predictor_on_tflite_tracks_like_the_model(tiny_export, float32_tflite):
   assert tflite.with_options(queue_depth=0).clip_length == 2
 
 
+@pytest.mark.slow  # Converts (the shared float32 file).
 def test_vkmax_predict_cli_runs_the_tflite_model(float32_tflite, tmp_path):
   from PIL import Image
   from deeplab2_vkmax.tools import predict
