@@ -58,6 +58,16 @@ def _first_val_clip(config):
   return images[:options.clip_length]
 
 
+def _padded_by_hand(images):
+  """float32 [T, H', W', 3]: the export's mean-pixel padding to the next 32k + 1 size."""
+  height, width = images.shape[1:3]
+  grid = lambda n: (n + 30) // 32 * 32 + 1
+  padded = np.full((len(images), grid(height), grid(width), 3), common.PAD_PIXEL_VALUE,
+                   np.float32)
+  padded[:, :height, :width] = images
+  return padded
+
+
 @pytest.mark.slow
 def test_train_and_eval_learns_checkpoints_exports_and_resumes(tmp_path):
   steps = 300
@@ -91,11 +101,8 @@ def test_train_and_eval_learns_checkpoints_exports_and_resumes(tmp_path):
   tf.train.Checkpoint(**experiment.model.checkpoint_items).read(
       str(run_dir / f'ckpt-{steps}')).expect_partial()
   post_processor = builder.build_post_processor(config, experiment.descriptor)
-  # By hand: the mean-pixel padding to the 32k + 1 grid, the model, the crop.
-  grid = lambda n: (n + 30) // 32 * 32 + 1  # The next 32k + 1 size.
-  padded = np.full((len(images), grid(height), grid(width), 3), common.PAD_PIXEL_VALUE,
-                   np.float32)
-  padded[:, :height, :width] = images
+  # By hand: the padding, the model, the post-processor, the crop.
+  padded = _padded_by_hand(images)
   outputs = experiment.model(padded[np.newaxis], training=False)
   expected = post_processor(outputs, padded.shape[1:3])[common.PANOPTIC_PRED]
   np.testing.assert_array_equal(served[common.PANOPTIC_PRED].numpy(),
@@ -129,16 +136,17 @@ def test_export_mode_exports_the_latest_checkpoint(tmp_path):
   lines = []
   train_lib.run_experiment('export', config, model_dir, log_fn=lines.append)
   assert any(line.startswith('restored ') and line.endswith('ckpt-2') for line in lines), lines
-  clip, height, width = _first_val_clip(config)
-  images = clip[common.IMAGE][:, :height, :width].astype(np.uint8)
+  images = _first_val_clip(config)
+  height, width = images.shape[1:3]
   served = tf.saved_model.load(str(run_dir / 'export')).signatures['serving_default'](
       input_tensor=tf.constant(images))
   experiment = train_lib.build_experiment(config, str(tmp_path / 'fresh'))
   tf.train.Checkpoint(**experiment.model.checkpoint_items).read(
       str(run_dir / 'ckpt-2')).expect_partial()
-  outputs = experiment.model(clip[common.IMAGE][np.newaxis], training=False)
+  padded = _padded_by_hand(images)
+  outputs = experiment.model(padded[np.newaxis], training=False)
   expected = builder.build_post_processor(config, experiment.descriptor)(
-      outputs, clip[common.IMAGE].shape[1:3])[common.PANOPTIC_PRED]
+      outputs, padded.shape[1:3])[common.PANOPTIC_PRED]
   np.testing.assert_array_equal(served[common.PANOPTIC_PRED].numpy(),
                                 expected[0, :, :height, :width].numpy())
   # The cluster centres depend on every transformer weight: the export carries
