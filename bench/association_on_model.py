@@ -39,6 +39,7 @@ from deeplab2_vkmax.data import build_step_data
 from deeplab2_vkmax.data import clips
 from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.data import synthetic
+from deeplab2_vkmax.evaluation import association_scenarios
 from deeplab2_vkmax.evaluation import evaluate
 
 
@@ -49,9 +50,9 @@ class ModelVideo:
   clips: Dict[int, list]  # clip length -> [(panoptic [T, H, W], {id: embedding})]
 
 
-def labels_of(descriptor: dataset_lib.DatasetDescriptor) -> association.Labels:
+def labels_of(descriptor: dataset_lib.DatasetDescriptor) -> association_scenarios.Labels:
   """The bench's label encoding of a registered data set."""
-  return association.Labels(
+  return association_scenarios.Labels(
       num_classes=descriptor.num_classes,
       thing_class_ids=tuple(descriptor.thing_class_ids),
       ignore_label=descriptor.ignore_label,
@@ -145,7 +146,7 @@ def main():
   datasets = [{'model': videos}]  # One "seed": +- columns are 0.
   num_frames = sum(len(v.ground_truth) for v in videos)
   gaps = [g for v in videos
-          for g in association.longest_gaps(v.ground_truth, args.min_visible_px,
+          for g in association_scenarios.longest_gaps(v.ground_truth, args.min_visible_px,
                                             labels).values()]
   print(f'\n{len(videos)} sequences, {num_frames} frames of {file_pattern}; '
         f'model {args.saved_model}; {len(gaps)} ground-truth tracks, '

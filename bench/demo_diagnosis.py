@@ -5,7 +5,10 @@ Runs an exported model over an evaluation split exactly as the evaluator does
 (`evaluate.score_sequences`: clips, stitching + HiLA-MB), keeps every emitted
 frame, and reports:
 
-- SQ's parts: IoU per class (STQ's SQ is their mean), things vs stuff;
+- SQ's parts: IoU per class, things vs stuff, and the share of valid pixels
+  predicted void: STQ's SQ (DeepLab2's definition) averages the classes plus, as
+  soon as any valid pixel is predicted void, a "void" class of IoU 0, so a
+  model that leaves any pixel unassigned loses 1 / (C + 1) of its SQ;
 - thing detection per frame: recall of ground-truth thing segments (a predicted
   segment of the same class with IoU > 0.5 in that frame), by object size;
 - AQ's shortfall per ground-truth track, split exactly into four parts that sum
@@ -159,6 +162,10 @@ def diagnose(saved_model: str, config_file: str, file_pattern: str,
       'SQ': float(stq_result['IoU']),
       'num_sequences': len(sequences), 'num_frames': scorer.num_frames,
       'class_iou': {descriptor.class_names[c]: float(v) for c, v in enumerate(per_class)},
+      'void_predicted': float(np.mean(
+          (all_pred // descriptor.panoptic_label_divisor >= descriptor.num_classes)
+          [all_gt // descriptor.panoptic_label_divisor != descriptor.ignore_label])),
+      'class_mean_iou': float(np.nanmean(per_class)),
       'thing_iou': float(np.nanmean(per_class[is_thing])),
       'stuff_iou': float(np.nanmean(per_class[~is_thing])),
       'segment_recall': float(detected.mean()) if len(detected) else float('nan'),
@@ -175,7 +182,10 @@ def format_report(report: Dict[str, object]) -> str:
            '', '| class | IoU |', '| --- | --- |']
   lines += [f'| {name} | {value:.3f} |' for name, value in report['class_iou'].items()]
   lines += [f'| things (mean) | {report["thing_iou"]:.3f} |',
-            f'| stuff (mean) | {report["stuff_iou"]:.3f} |', '',
+            f'| stuff (mean) | {report["stuff_iou"]:.3f} |',
+            f'| all classes (mean; SQ without the void column) | '
+            f'{report["class_mean_iou"]:.3f} |', '',
+            f'Valid pixels predicted void: {report["void_predicted"]:.4f}', '',
             f'Thing segments detected (IoU > 0.5, per frame): {report["segment_recall"]:.3f}',
             '', '| segment size (px) | segments | recall |', '| --- | --- | --- |']
   lines += [f'| {b["pixels"]} | {b["segments"]} | {b["recall"]:.3f} |'

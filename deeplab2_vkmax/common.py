@@ -22,7 +22,6 @@ KEY_FRAME_ID = 'video/frame_id'
 # Batched shapes: images [B, T, H, W, 3] float32 in [0, 255]; labels [B, T, H, W].
 IMAGE = 'image'
 PANOPTIC_LABEL = 'panoptic_label'  # int32, semantic * label_divisor + instance.
-SEMANTIC_LABEL = 'semantic_label'  # int32, panoptic // label_divisor.
 SEQUENCE_ID = 'sequence_id'  # string, one per clip.
 FRAME_ID = 'frame_id'  # int32 [T], frame index inside the sequence.
 

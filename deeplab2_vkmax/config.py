@@ -12,6 +12,7 @@ default are documented there and resolved by `deeplab2_vkmax.builder`.
 
 import os
 import re
+import sys
 from typing import Optional
 
 from google.protobuf import message as proto_message
@@ -169,25 +170,39 @@ def validate_experiment_config(config: config_pb2.ExperimentOptions, path: str =
                  f'must be positive, got {solver.training_number_of_steps}')
 
 
-# Fields configs once had, with what replaced them.
+# Fields configs once had, with why they can be dropped: a config (or a
+# SavedModel's config.textproto) written before is read with a warning.
 _REMOVED_FIELDS = {
-    'clip_overlap': 'removed: the overlap follows from clip_length (one shared frame for '
-                    'T >= 2, none for T = 1); delete the line',
+    'clip_overlap': 'the overlap follows from clip_length (one shared frame for T >= 2, '
+                    'none for T = 1)',
 }
+_REMOVED_FIELD_RE = re.compile(
+    r'^\s*(' + '|'.join(_REMOVED_FIELDS) + r')\s*:\s*[-\w.]+\s*(#.*)?$')
+
+
+def _drop_removed_fields(text: str, path: str) -> str:
+  """`text` without the lines setting a removed scalar field, each one warned about."""
+  lines = text.split('\n')
+  for number, line in enumerate(lines, start=1):
+    match = _REMOVED_FIELD_RE.match(line)
+    if match:
+      field = match.group(1)
+      print(f'{path}:{number}: warning: {field} is ignored: {_REMOVED_FIELDS[field]}; '
+            'delete the line', file=sys.stderr)
+      lines[number - 1] = ''
+  return '\n'.join(lines)
 
 
 def parse_experiment_config(text: str, path: str = '<config>') -> config_pb2.ExperimentOptions:
   """Parses and validates textproto `text`; `path` is used in error messages."""
   config = config_pb2.ExperimentOptions()
+  text = _drop_removed_fields(text, path)
   try:
     text_format.Parse(text, config)
   except text_format.ParseError as e:
     match = _PARSE_ERROR_RE.match(str(e))
     if match:
       line, column, message = match.groups()
-      for field, hint in _REMOVED_FIELDS.items():
-        if f'named "{field}"' in message:
-          message = f'{field}: {hint}'
       raise ConfigError(f'{path}:{line}:{column}: {" ".join(message.split())}') from None
     raise ConfigError(f'{path}: {" ".join(str(e).split())}') from None
   validate_experiment_config(config, path, text)

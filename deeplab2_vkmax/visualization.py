@@ -17,7 +17,7 @@ Overlays blend the colourised map over the frame, draw segment contours and
 label each segment with `<class name> <track id>` (PIL's default bitmap font).
 """
 
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -207,12 +207,51 @@ def overlay_panoptic(image: np.ndarray, panoptic: np.ndarray,
   return np.asarray(canvas)
 
 
-def colourise_semantic(semantic: np.ndarray,
-                       descriptor: dataset_lib.DatasetDescriptor,
-                       colormap: Optional[np.ndarray] = None) -> np.ndarray:
-  """uint8 [H, W, 3] class colours of an int [H, W] semantic map (void black)."""
-  colormap = dataset_colormap(descriptor) if colormap is None else colormap
-  return colormap[np.clip(np.asarray(semantic), 0, len(colormap) - 1)]
+def video_strip(frames: np.ndarray, ground_truth: np.ndarray, prediction: np.ndarray,
+                descriptor: dataset_lib.DatasetDescriptor, *, num_frames: int = 4,
+                scale: int = 2) -> np.ndarray:
+  """A picture of tracking over a video: input | ground truth | prediction, labelled.
+
+  `num_frames` frames spread evenly over the video, one per row; the ground truth
+  and the prediction are overlays with contours and `<class> <track id>` labels,
+  thing tracks in their `track_colour` (so an object that keeps its id keeps its
+  colour down the rows). Frames are enlarged `scale` times (nearest neighbour)
+  first, so the labels stay readable on small frames.
+
+  Args:
+    frames: uint8 [F, H, W, 3] the video.
+    ground_truth: int [F, H, W] panoptic labels.
+    prediction: int [F, H, W] predicted panoptic maps with video-level track ids.
+    descriptor: The data set descriptor (names, colours, divisor).
+    num_frames: Rows (at most F).
+    scale: Enlargement factor.
+
+  Returns:
+    uint8 [rows * scale * H, 3 * scale * W, 3].
+
+  Raises:
+    ValueError: If the inputs do not share [F, H, W].
+  """
+  frames, ground_truth, prediction = (np.asarray(frames), np.asarray(ground_truth),
+                                      np.asarray(prediction))
+  if (frames.ndim != 4 or frames.shape[:3] != ground_truth.shape or
+      ground_truth.shape != prediction.shape):
+    raise ValueError(f'frames {frames.shape}, ground_truth {ground_truth.shape} and prediction '
+                     f'{prediction.shape} must be [F, H, W, 3], [F, H, W] and [F, H, W].')
+  chosen = np.unique(np.linspace(0, len(frames) - 1, min(num_frames, len(frames))).round()
+                     .astype(int))
+
+  def enlarge(x):
+    return np.repeat(np.repeat(x, scale, axis=0), scale, axis=1)
+
+  rows = []
+  for f in chosen:
+    image = enlarge(frames[f].astype(np.uint8))
+    rows.append(np.concatenate([
+        image,
+        overlay_panoptic(image, enlarge(ground_truth[f]), descriptor),
+        overlay_panoptic(image, enlarge(prediction[f]), descriptor)], axis=1))
+  return np.concatenate(rows, axis=0)
 
 
 def clip_summary_image(frames: np.ndarray, ground_truth: np.ndarray, prediction: np.ndarray,

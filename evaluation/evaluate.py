@@ -87,7 +87,7 @@ def build_metrics(names: Sequence[str], descriptor: dataset_lib.DatasetDescripto
   divisor = d.panoptic_label_divisor
   factories = {
       'stq': lambda: stq.STQuality(d.num_classes, things, d.ignore_label, divisor,
-                                   offset=2 ** 32),
+                                   offset=panoptic_quality.PAIR_OFFSET),
       'vpq': lambda: video_panoptic_quality.VideoPanopticQuality(
           d.num_classes, things, d.ignore_label, divisor, window_sizes=vpq_windows),
       'pq': lambda: panoptic_quality.PanopticQuality(d.num_classes, things, d.ignore_label,

@@ -78,16 +78,20 @@ def test_bad_choice_names_line_and_allowed_values(tmp_path):
   assert 'hila, naive, location, none' in message
 
 
-def test_crop_size_is_checked_and_removed_clip_overlap_is_explained(tmp_path):
+def test_crop_size_is_checked_and_removed_clip_overlap_is_dropped_with_a_warning(
+    tmp_path, capsys):
   text = TINY.read_text().replace('crop_size: [65, 129]', 'crop_size: [65]', 1)
   with pytest.raises(config.ConfigError, match='train_dataset_options.crop_size'):
     config.load_experiment_config(_write(tmp_path, text))
   text = TINY.read_text().replace('clip_length: 2\n  synthetic', 'clip_length: 2\n  '
                                   'clip_overlap: 1\n  synthetic')
-  with pytest.raises(config.ConfigError,
-                     match=r'bad.textproto:\d+:\d+: clip_overlap: removed: the '
-                           'overlap follows from clip_length'):
-    config.load_experiment_config(_write(tmp_path, text))
+  line = text.splitlines().index('  clip_overlap: 1') + 1
+  # A config written before the field was removed (or a SavedModel's copy) loads.
+  loaded = config.load_experiment_config(_write(tmp_path, text))
+  assert loaded == config.load_experiment_config(str(TINY))
+  assert capsys.readouterr().err == (
+      f'{tmp_path / "bad.textproto"}:{line}: warning: clip_overlap is ignored: the overlap '
+      'follows from clip_length (one shared frame for T >= 2, none for T = 1); delete the line\n')
   # A crop below the encoder's stride 32 used to train without a word.
   text = TINY.read_text().replace('crop_size: [65, 129]', 'crop_size: [3, 3]', 1)
   with pytest.raises(config.ConfigError, match=r'\.textproto:\d+:\d*:? ?.*train_dataset_options'

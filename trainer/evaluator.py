@@ -9,7 +9,10 @@ number in TensorBoard is computed by the same code as the number
 set's other metrics, and writes them, per sequence too, as JSON under the eval
 directory (where IoU is named SQ). Orbit's controller writes the returned dict
 as scalar summaries under their names, unprefixed, into the eval summary
-directory: `evaluation/step/{STQ,AQ,IoU,VPQ,...}`.
+directory: `evaluation/step/{STQ,AQ,IoU,VPQ,...}`. It also draws the first
+sequence's tracking (`visualization.video_strip`: input | ground truth |
+prediction with track ids) into `overlay_step_<step>.png` next to the JSON and
+as the image summary `evaluation/overlay`.
 """
 
 import json
@@ -19,9 +22,12 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 import keras
 import numpy as np
 import orbit
+from PIL import Image
 import tensorflow as tf
 
 from deeplab2_vkmax import export_model
+from deeplab2_vkmax import visualization
+from deeplab2_vkmax.data import dataset as dataset_lib
 from deeplab2_vkmax.evaluation import evaluate
 from deeplab2_vkmax.evaluation import video_scorer
 
@@ -32,7 +38,8 @@ class ClipKMaXEvaluator(orbit.AbstractEvaluator):
   def __init__(self, *, model: keras.Model, post_processor,
                sequences_fn: Callable[[], Iterable[Tuple[str, np.ndarray, np.ndarray]]],
                clip_length: int, scorer_fn: Callable[[], video_scorer.VideoScorer],
-               global_step: tf.Variable, output_dir: Optional[str] = None, log_fn=print):
+               global_step: tf.Variable, output_dir: Optional[str] = None, log_fn=print,
+               descriptor: Optional[dataset_lib.DatasetDescriptor] = None):
     """Initialises the evaluator.
 
     Args:
@@ -45,7 +52,10 @@ class ClipKMaXEvaluator(orbit.AbstractEvaluator):
       global_step: The training step (names the result files).
       output_dir: Where `metrics_step_<step>.json` is written; None = nowhere.
       log_fn: Where the result table goes.
+      descriptor: The data set's descriptor; with it (and `output_dir`) the
+        first sequence's tracking picture is drawn.
     """
+    self._descriptor = descriptor
     self._module = export_model.ClipKMaXExportModule(model, post_processor)
     self._sequences_fn = sequences_fn
     self._clip_length = clip_length
@@ -61,9 +71,25 @@ class ClipKMaXEvaluator(orbit.AbstractEvaluator):
       raise ValueError(f'the evaluator scores whole sequences: steps must be -1, got '
                        f'{int(num_steps)} (limit evaluator_options.max_num_sequences instead)')
     scorer = self._scorer_fn()
-    evaluate.score_sequences(self._module.serve, self._sequences_fn(), scorer,
-                             clip_length=self._clip_length)
-    return self.eval_end(scorer)
+    first = _FirstSequence()
+    evaluate.score_sequences(self._module.serve, first.watch(self._sequences_fn()), scorer,
+                             clip_length=self._clip_length, writer=first)
+    logs = self.eval_end(scorer)
+    if self._descriptor is not None and first.frames:
+      self._draw(first)
+    return logs
+
+  def _draw(self, first: '_FirstSequence') -> None:
+    """The first sequence's tracking picture: a PNG beside the JSON, an image summary."""
+    step = int(self._global_step.numpy())
+    strip = visualization.video_strip(first.images, first.labels, first.prediction(),
+                                      self._descriptor)
+    tf.summary.image('evaluation/overlay', strip[np.newaxis], step=step)
+    if self._output_dir:
+      os.makedirs(self._output_dir, exist_ok=True)
+      path = os.path.join(self._output_dir, f'overlay_step_{step}.png')
+      Image.fromarray(strip).save(path + '.tmp.png')
+      os.replace(path + '.tmp.png', path)
 
   def eval_end(self, state: video_scorer.VideoScorer) -> Dict[str, float]:
     """Logs and writes the scores of a finished evaluation; returns the summaries."""
@@ -107,6 +133,29 @@ class ClipKMaXEvaluator(orbit.AbstractEvaluator):
 
 
 _jsonable = video_scorer.jsonable
+
+
+class _FirstSequence:
+  """Keeps the first evaluated sequence: its frames, labels and the emitted
+  predictions (a `score_sequences` writer)."""
+
+  def __init__(self):
+    self.sequence_id = None
+    self.images = self.labels = None
+    self.frames: Dict[int, np.ndarray] = {}
+
+  def watch(self, sequences):
+    for sequence_id, images, labels in sequences:
+      if self.sequence_id is None:
+        self.sequence_id, self.images, self.labels = sequence_id, images, labels
+      yield sequence_id, images, labels
+
+  def write(self, sequence_id, frame_id, panoptic) -> None:
+    if sequence_id == self.sequence_id:
+      self.frames[frame_id] = panoptic
+
+  def prediction(self) -> np.ndarray:
+    return np.stack([self.frames[f] for f in range(len(self.labels))])
 
 
 def _per_sequence(result) -> Dict[str, Dict[str, float]]:

@@ -262,7 +262,8 @@ def build_evaluator(experiment: Experiment, log_fn=print) -> evaluator_lib.ClipK
       clip_length=eval_options.clip_length,
       scorer_fn=make_scorer_fn(config, eval_descriptor),
       global_step=experiment.global_step,
-      output_dir=os.path.join(experiment.run_dir, 'eval'), log_fn=log_fn)
+      output_dir=os.path.join(experiment.run_dir, 'eval'), log_fn=log_fn,
+      descriptor=eval_descriptor)
 
 
 def build_train_dataset(experiment: Experiment, checkpointable: bool = False):

@@ -20,7 +20,6 @@ stateless ops seeded by `tf.data.Dataset.random(seed)`, so a fixed seed with
 Sample dict of `build_clip_dataset` (keys in `deeplab2_vkmax.common`):
   IMAGE            float32 [B, T, crop_h, crop_w, 3] in [0, 255]
   PANOPTIC_LABEL   int32   [B, T, crop_h, crop_w], semantic * divisor + instance
-  SEMANTIC_LABEL   int32   [B, T, crop_h, crop_w], panoptic // divisor
   SEQUENCE_ID      string  [B]
   FRAME_ID         int32   [B, T]
 """
@@ -250,7 +249,6 @@ class _ClipProcessor:
     return {
         common.IMAGE: images,
         common.PANOPTIC_LABEL: labels,
-        common.SEMANTIC_LABEL: labels // self._descriptor.panoptic_label_divisor,
         common.SEQUENCE_ID: sequence_id,
         common.FRAME_ID: frame_ids,
     }

@@ -1,23 +1,14 @@
-"""bench/association.py: the synthetic scenarios the ablation tables rest on.
-
-The bench is a script, not a package module: it is loaded from its file.
-"""
-
-import importlib.util
-import os
+"""The synthetic association scenarios the ablation tables (bench/association.py) rest on."""
 
 import numpy as np
 import pytest
 
-_BENCH = os.path.join(os.path.dirname(__file__), '..', '..', 'bench', 'association.py')
+from deeplab2_vkmax.evaluation import association_scenarios
 
 
-@pytest.fixture(scope='module')
-def bench():
-  spec = importlib.util.spec_from_file_location('association_bench', _BENCH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+@pytest.fixture(name='bench', scope='module')
+def bench_fixture():
+  return association_scenarios
 
 
 def _prototypes(bench, rng):
@@ -58,7 +49,7 @@ def test_ground_truth_paints_nearer_tracks_over_farther_ones(bench):
     masks = []
     for track in order:
       mask = np.zeros((options.height, options.width), np.int32)
-      bench._paint(mask, *track.rect(f), 1)  # pylint: disable=protected-access
+      bench.paint(mask, *track.rect(f), 1)  # pylint: disable=protected-access
       masks.append(mask.astype(bool))
     for near_rank in range(len(order)):
       for far_rank in range(near_rank):

@@ -111,3 +111,31 @@ def test_overlay_draws_contours_and_labels():
 def test_overlay_rejects_size_mismatch():
   with pytest.raises(ValueError, match='same size'):
     visualization.overlay_panoptic(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5)), _SYNTHETIC)
+
+
+def test_video_strip_shows_input_truth_and_prediction_per_chosen_frame():
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 255, (7, 8, 12, 3), dtype=np.uint8)
+  truth = np.zeros((7, 8, 12), np.int64)
+  for f in range(7):  # A car (thing 4, track 2) moving right over road (class 0).
+    truth[f, 2:6, f:f + 4] = 4 * 1000 + 2
+  prediction = np.where(truth > 0, 4 * 1000 + 5, 0)  # The same car, another track id.
+  strip = visualization.video_strip(frames, truth, prediction, _SYNTHETIC, num_frames=3,
+                                    scale=2)
+  assert strip.shape == (3 * 16, 3 * 24, 3) and strip.dtype == np.uint8
+
+  def enlarge(x):
+    return np.repeat(np.repeat(x, 2, axis=0), 2, axis=1)
+
+  for row, f in enumerate((0, 3, 6)):  # Evenly spread: first, middle, last.
+    block = strip[row * 16:(row + 1) * 16]
+    image = enlarge(frames[f])
+    np.testing.assert_array_equal(block[:, :24], image)
+    np.testing.assert_array_equal(
+        block[:, 24:48], visualization.overlay_panoptic(image, enlarge(truth[f]), _SYNTHETIC))
+    np.testing.assert_array_equal(
+        block[:, 48:], visualization.overlay_panoptic(image, enlarge(prediction[f]),
+                                                      _SYNTHETIC))
+  assert not np.array_equal(strip[:, 24:48], strip[:, 48:])  # Track 2 vs track 5.
+  with pytest.raises(ValueError, match='must be'):
+    visualization.video_strip(frames, truth[:, :4], prediction, _SYNTHETIC)

@@ -5,6 +5,7 @@ import pathlib
 import types
 
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
 
@@ -89,6 +90,9 @@ def test_trainer_evaluation_equals_the_cli_on_the_same_weights(tiny_export, tmp_
   for key in compared:
     assert logs[f'evaluation/step/{names.get(key, key)}'] == report['overall'][key], key
   assert 0.0 < report['overall']['STQ'] < 1.0  # Real predictions, not an empty case.
+  # The first sequence's tracking picture: 4 rows of input | truth | prediction, 2x.
+  with Image.open(tmp_path / 'run' / 'eval' / 'overlay_step_0.png') as picture:
+    assert picture.size == (3 * 2 * 65, 4 * 2 * 33)
   trainer_report = json.loads((tmp_path / 'run' / 'eval' / 'metrics_step_0.json').read_text())
   assert trainer_report['per_sequence'] == {
       sequence: {k: v for k, v in scores.items() if k in ('STQ', 'AQ', 'SQ', 'frames')}

@@ -10,7 +10,8 @@ installed). Asserted:
   `tubes/input_gt_prediction` at step 2 whose PNG is [T*H, 3*W, 3] (frames in
   rows; input | ground truth | prediction in columns), the input column a real
   frame (not constant) and the ground-truth column with coloured segments;
-- eval/: `evaluation/step/STQ`, `evaluation/step/AQ` and `evaluation/step/IoU`
+- eval/: `evaluation/step/STQ`, `evaluation/step/AQ` and `evaluation/step/IoU`, the
+  image `evaluation/overlay` (also `overlay_step_N.png`),
   at step 2, in [0, 1], equal to the returned metrics.
 After 2 steps the model predicts void everywhere (a black prediction column), so
 the panel's colouring is checked apart on hand-made maps
@@ -97,6 +98,13 @@ def test_train_and_eval_writes_scalar_image_and_eval_summaries(tmp_path):
     assert step == _STEPS
     assert 0.0 <= _scalar(value) <= 1.0
     assert _scalar(value) == pytest.approx(result[f'evaluation/step/{key}'])
+  # The first sequence's tracking picture, as an image summary and a PNG beside the JSON.
+  (step, value), = evaluation['evaluation/overlay']
+  assert step == _STEPS and value.metadata.plugin_data.plugin_name == 'images'
+  picture = tf.io.decode_png(tf.make_ndarray(value.tensor)[2]).numpy()
+  saved = tf.io.decode_png(tf.io.read_file(str(run_dir / 'eval' / f'overlay_step_{_STEPS}.png')))
+  np.testing.assert_array_equal(picture, saved.numpy())
+  assert picture.shape[1] == 3 * 2 * 128  # input | truth | prediction of 64x128 frames, 2x.
 
 
 def test_clip_summary_image_layout_and_track_colours():
