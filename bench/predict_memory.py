@@ -43,7 +43,7 @@ def _export(path: str) -> None:
   keras.utils.set_random_seed(3)  # Several stuff and thing segments per frame.
   config = config_lib.load_experiment_config(
       os.path.join(_REPO, 'configs', 'synthetic', 'clip_kmax_tiny.textproto'))
-  config_lib.keep_every_segment(config)
+  config = config_lib.keep_every_segment(config)
   model = clip_kmax.ClipKMaX(**clip_kmax.tiny_model_kwargs(num_classes=6))
   model(tf.zeros([1, 2, 65, 129, 3]), training=False)
   descriptor = dataset_lib.get_dataset_descriptor('synthetic')

@@ -6,8 +6,9 @@ the file, the line (where the text has one) and the field, e.g.
   configs/x.textproto:12:5: unknown field "num_mask_slot" in ClipKMaXOptions
 
 `trainer/train.py` prints that line and exits non-zero, without a traceback.
-Defaults live in the protos; the few repeated fields that cannot carry a proto
-default are documented there and resolved by `deeplab2_vkmax.builder`.
+Defaults live in the protos (the classes take them through `protos.fields`); the
+few repeated fields that cannot carry a proto default are documented there and
+take the class's signature default when empty (`deeplab2_vkmax.builder`).
 """
 
 import os
@@ -235,13 +236,16 @@ def load_experiment_config(path: str) -> config_pb2.ExperimentOptions:
 
 
 def keep_every_segment(config: config_pb2.ExperimentOptions) -> config_pb2.ExperimentOptions:
-  """Sets post-processing that keeps every segment of an untrained model.
+  """A copy of `config` whose post-processing keeps every segment of an untrained model.
 
   Random weights never pass the real class and mask thresholds, so smoke runs,
-  tests and benchmarks of untrained models would see empty maps: this switches
-  to pixel-wise merging with every threshold and area limit at 0. Modifies and
-  returns `config`.
+  tests and benchmarks of untrained models would see empty maps: the copy uses
+  pixel-wise merging with every threshold and area limit at 0. `config` itself
+  is left as loaded.
   """
+  copy = config_pb2.ExperimentOptions()
+  copy.CopyFrom(config)
+  config = copy
   evaluator = config.evaluator_options
   evaluator.transformer_post_processing = 'pixelwise'
   evaluator.pixel_confidence_threshold = 0.0

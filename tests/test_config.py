@@ -110,3 +110,15 @@ def test_fields_a_loss_does_not_use_are_rejected(tmp_path):
   with pytest.raises(config.ConfigError,
                      match='loss_options.pq_style_loss.top_k_percent: is only used by semantic_loss'):
     config.load_experiment_config(_write(tmp_path, text))
+
+
+def test_keep_every_segment_returns_a_changed_copy():
+  loaded = config.load_experiment_config(str(TINY))
+  kept = config.keep_every_segment(loaded)
+  assert kept is not loaded
+  assert loaded == config.load_experiment_config(str(TINY))  # Left as loaded.
+  evaluator = kept.evaluator_options
+  assert evaluator.transformer_post_processing == 'pixelwise'
+  assert evaluator.pixel_confidence_threshold == 0.0
+  assert evaluator.maskwise_postprocessing.overlapping_threshold == 0.0
+  assert kept.model_options == loaded.model_options
