@@ -52,8 +52,8 @@ class ClipKMaXEvaluator(orbit.AbstractEvaluator):
       global_step: The training step (names the result files).
       output_dir: Where `metrics_step_<step>.json` is written; None = nowhere.
       log_fn: Where the result table goes.
-      descriptor: The data set's descriptor; with it (and `output_dir`) the
-        first sequence's tracking picture is drawn.
+      descriptor: The data set's descriptor; with it the first sequence's
+        tracking picture is drawn (an image summary, and a PNG in `output_dir`).
     """
     self._descriptor = descriptor
     self._module = export_model.ClipKMaXExportModule(model, post_processor)
