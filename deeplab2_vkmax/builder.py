@@ -41,6 +41,13 @@ def same_name_values(message, function: Callable[..., Any]) -> Dict[str, Any]:
           if name in parameters}
 
 
+def _label_encoding(descriptor: dataset_lib.DatasetDescriptor) -> Dict[str, Any]:
+  """The data set's label encoding, as the loss and the post-processor take it."""
+  return dict(num_classes=descriptor.num_classes, ignore_label=descriptor.ignore_label,
+              label_divisor=descriptor.panoptic_label_divisor,
+              thing_class_ids=descriptor.thing_class_ids)
+
+
 def _listed(**repeated) -> Dict[str, Any]:
   """The repeated settings the config lists (as tuples); unlisted ones keep the
   class's default."""
@@ -155,10 +162,7 @@ def build_loss(config: config_pb2.ExperimentOptions,
   if not kmax.use_auxiliary_semantic_head:
     weights['semantic_loss_weight'] = 0.0
   return kmax_loss.KMaXLoss(
-      num_classes=descriptor.num_classes,
-      ignore_label=descriptor.ignore_label,
-      label_divisor=descriptor.panoptic_label_divisor,
-      thing_class_ids=descriptor.thing_class_ids,
+      **_label_encoding(descriptor),
       output_stride=kmax.decoder_output_stride,
       semantic_top_k_percent=fields.values(loss_options.semantic_loss)['top_k_percent'],
       small_instance_area=train_data.small_instance_threshold,
@@ -175,10 +179,7 @@ def build_post_processor(config: config_pb2.ExperimentOptions,
   evaluator = config.evaluator_options
   init = clip_post_processor.ClipPostProcessor.__init__
   return clip_post_processor.ClipPostProcessor(
-      num_classes=descriptor.num_classes,
-      label_divisor=descriptor.panoptic_label_divisor,
-      thing_class_ids=descriptor.thing_class_ids,
-      ignore_label=descriptor.ignore_label,
+      **_label_encoding(descriptor),
       post_processing=evaluator.transformer_post_processing,
       **same_name_values(evaluator, init),
       **same_name_values(evaluator.maskwise_postprocessing, init))
