@@ -173,9 +173,15 @@ def build_model_variables(model: keras.Model, config: config_pb2.ExperimentOptio
 
 def build_experiment(config: config_pb2.ExperimentOptions, model_dir: str,
                      strategy: Optional[tf.distribute.Strategy] = None) -> Experiment:
-  """Builds the strategy, the model (variables created) and the step counter."""
+  """Builds the strategy, the model (variables created) and the step counter.
+
+  With `trainer_options.seed` set, the initial weights (and later random draws
+  of training) are seeded first.
+  """
   strategy = strategy or create_strategy()
   descriptor = data_lib.dataset_descriptor(config.train_dataset_options)
+  if config.trainer_options.HasField('seed'):
+    keras.utils.set_random_seed(config.trainer_options.seed)
   with strategy.scope():
     # Layers keep the policy they are built under; the global one is restored.
     with precision.dtype_policy_scope(

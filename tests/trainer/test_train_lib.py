@@ -178,3 +178,20 @@ def test_tiny_demo_trains_with_each_table4_cross_attention(tmp_path, cross_atten
   assert any(n.endswith('/latent_memory') for n in names) == (cross_attention == 'latent_memory')
   tf.train.Checkpoint(**fresh.checkpoint_items).read(
       str(run_dir / 'ckpt-4')).expect_partial().assert_existing_objects_matched()
+
+
+def test_trainer_seed_repeats_the_initial_weights(tmp_path):
+  """trainer_options.seed fixes the initial weights; another seed draws others."""
+  def initial_weights(seed):
+    config = _tiny_config(tmp_path, 10)
+    config.trainer_options.seed = seed
+    model = train_lib.build_experiment(config, str(tmp_path / 'unused')).model
+    return [v.numpy() for v in model.weights]
+
+  first, again, other = initial_weights(1), initial_weights(1), initial_weights(2)
+  assert len(first) == len(again) > 0
+  assert all(np.array_equal(a, b) for a, b in zip(first, again))
+  # Every randomly initialised weight (not a constant such as a BN scale) differs.
+  random_pairs = [(a, b) for a, b in zip(first, other) if a.size > 1 and np.ptp(a) > 0]
+  assert len(random_pairs) > 50
+  assert not any(np.array_equal(a, b) for a, b in random_pairs)

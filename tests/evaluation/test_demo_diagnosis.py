@@ -1,0 +1,75 @@
+"""The demo diagnosis' AQ decomposition and oracle association (bench/demo_diagnosis.py)."""
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+from deeplab2_vkmax.data import dataset as dataset_lib
+
+_PATH = pathlib.Path(__file__).resolve().parents[2] / 'bench' / 'demo_diagnosis.py'
+DESCRIPTOR = dataset_lib.get_dataset_descriptor('synthetic')
+CAR, PERSON, ROAD = 4, 5, 0
+DIVISOR = DESCRIPTOR.panoptic_label_divisor
+
+
+@pytest.fixture(name='diagnosis', scope='module')
+def diagnosis_fixture():
+  spec = importlib.util.spec_from_file_location('demo_diagnosis', _PATH)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _two_tracks(frames=4):
+  """int32 [F, 8, 16]: road, a car (track 1) left and a person (track 2) right."""
+  gt = np.full((frames, 8, 16), ROAD * DIVISOR, np.int32)
+  gt[:, 2:6, 1:6] = CAR * DIVISOR + 1
+  gt[:, 2:7, 10:13] = PERSON * DIVISOR + 2
+  return gt
+
+
+def test_shortfall_parts_sum_to_one_minus_aq(diagnosis):
+  rng = np.random.default_rng(0)
+  gt = _two_tracks()
+  ids = np.array([ROAD * DIVISOR, CAR * DIVISOR + 3, CAR * DIVISOR + 4, PERSON * DIVISOR + 7])
+  pred = ids[rng.integers(0, len(ids), gt.shape)]
+  for row in diagnosis.track_shortfall(gt, pred, DESCRIPTOR):
+    parts = row['missed'] + row['switches'] + row['incomplete'] + row['leakage']
+    assert parts == pytest.approx(1.0 - row['aq'], abs=1e-12)
+    assert 0.0 <= row['aq'] < 1.0
+
+
+def test_a_track_split_over_two_ids_keeps_half_its_aq(diagnosis):
+  gt = _two_tracks()
+  pred = gt.copy()
+  car = gt == CAR * DIVISOR + 1
+  pred[2:][car[2:]] = CAR * DIVISOR + 9  # The car's last two frames under another id.
+  rows = {r['track']: r for r in diagnosis.track_shortfall(gt, pred, DESCRIPTOR)}
+  car_row, person_row = rows[CAR * DIVISOR + 1], rows[PERSON * DIVISOR + 2]
+  assert person_row['aq'] == 1.0 and person_row['num_ids'] == 1
+  assert car_row['aq'] == pytest.approx(0.5)  # 2 x (weight 0.5 x IoU 0.5).
+  assert car_row['num_ids'] == 2 and car_row['missed'] == 0.0
+  assert car_row['switches'] == pytest.approx(0.25)
+
+
+def test_oracle_association_undoes_id_switches_but_not_merges(diagnosis):
+  gt = _two_tracks()
+  pred = gt.copy()
+  for f in range(len(gt)):  # A new id in every frame for both tracks.
+    pred[f][gt[f] == CAR * DIVISOR + 1] = CAR * DIVISOR + 10 + f
+    pred[f][gt[f] == PERSON * DIVISOR + 2] = PERSON * DIVISOR + 20 + f
+  pred[0, 0, 0] = PERSON * DIVISOR + 50  # A false positive over road.
+  oracle = diagnosis.oracle_association(gt, pred, DESCRIPTOR)
+  rows = diagnosis.track_shortfall(gt, oracle, DESCRIPTOR)
+  assert [r['aq'] for r in rows] == [1.0, 1.0]
+  assert oracle[0, 0, 0] % DIVISOR not in (1, 2)  # Unmatched: not given to a track.
+  before = diagnosis.track_shortfall(gt, pred, DESCRIPTOR)
+  assert all(r['aq'] == pytest.approx(0.25) for r in before)  # 4 ids of weight 1/4.
+
+  merged = gt.copy()
+  merged[gt == PERSON * DIVISOR + 2] = CAR * DIVISOR + 1  # One segment over both.
+  oracle_rows = diagnosis.track_shortfall(
+      gt, diagnosis.oracle_association(gt, merged, DESCRIPTOR), DESCRIPTOR)
+  assert max(r['leakage'] for r in oracle_rows) > 0.0
