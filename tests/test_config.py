@@ -41,7 +41,7 @@ def test_defaults_come_from_the_protos():
 
 
 def test_misspelled_field_names_file_line_and_field(tmp_path):
-  text = TINY.read_text().replace('num_mask_slots: 16', 'num_mask_slot: 16')
+  text = TINY.read_text().replace('num_mask_slots: 32', 'num_mask_slot: 32')
   line = next(i for i, l in enumerate(text.splitlines(), 1) if 'num_mask_slot:' in l)
   path = _write(tmp_path, text)
   with pytest.raises(config.ConfigError) as error:
@@ -52,7 +52,7 @@ def test_misspelled_field_names_file_line_and_field(tmp_path):
 
 
 def test_wrong_type_names_line(tmp_path):
-  text = TINY.read_text().replace('num_mask_slots: 16', 'num_mask_slots: "many"')
+  text = TINY.read_text().replace('num_mask_slots: 32', 'num_mask_slots: "many"')
   line = next(i for i, l in enumerate(text.splitlines(), 1) if 'num_mask_slots:' in l)
   path = _write(tmp_path, text)
   with pytest.raises(config.ConfigError) as error:

@@ -9,10 +9,19 @@ TINY_CONFIG = os.path.join(_REPO, 'configs', 'synthetic', 'clip_kmax_tiny.textpr
 
 
 def tiny_config():
-  """The demo config with thresholds at 0, so the untrained model keeps segments
-  (things included) and association has work to do."""
+  """The config of the session's tiny export (conftest.py): the demo config with
+  thresholds at 0, so the untrained model keeps segments (things included) and
+  association has work to do, and the model of `clip_kmax.tiny_model_kwargs` (16
+  slots, output stride 4) instead of the demo's (32 slots, output stride 2)."""
   from deeplab2_vkmax import config as config_lib  # pylint: disable=g-import-not-at-top
-  return config_lib.keep_every_segment(config_lib.load_experiment_config(TINY_CONFIG))
+  from deeplab2_vkmax.model import clip_kmax  # pylint: disable=g-import-not-at-top
+  config = config_lib.keep_every_segment(config_lib.load_experiment_config(TINY_CONFIG))
+  kmax = config.model_options.clip_kmax
+  kmax.num_mask_slots = clip_kmax.tiny_model_kwargs()['num_mask_slots']
+  for name in ('decoder_output_stride', 'pixel_decoder_os2_width',
+               'pixel_decoder_os2_block_count'):
+    kmax.ClearField(name)  # The class defaults: output stride 4.
+  return config
 
 
 def synthetic_frames(num_frames: int, height: int = 64, width: int = 128) -> np.ndarray:
