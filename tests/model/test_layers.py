@@ -1,5 +1,6 @@
 """Tests for deeplab2_vkmax.model.layers."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -211,6 +212,39 @@ def test_strided_conv_pads_symmetrically():
   # 3 pad rows before: the first window sees 4x4 ones (Keras 'same', 2
   # before, would see 5x5); the last window sees rows / columns 3..7.
   assert out[0, 0] == 16.0 and out[-1, -1] == 25.0
+
+
+@pytest.mark.parametrize('height,width', [(3, 5), (3, 9), (9, 5), (9, 9)])
+@pytest.mark.parametrize('use_bias', [False, True])
+def test_dilated_conv_without_padding_taps_equals_keras_conv(height, width, use_bias):
+  # Rate 6 on a 3 x 5 map drops the outer rows and columns of the kernel, on
+  # 3 x 9 (9 x 5) only the rows (columns), on 9 x 9 nothing: the output and
+  # every gradient must equal Keras's own dilated conv with the same kernel.
+  layer = conv_bn_act.ConvBNAct(filters=4, kernel_size=3, dilation_rate=6,
+                                use_bn=False, use_bias=use_bias,
+                                bias_initializer='random_normal')
+  x = tf.random.stateless_normal([2, height, width, 3], seed=[1, height * width])
+  layer(x)
+  shortcut = layer._conv_without_padding_taps(x)
+  assert (shortcut is None) == (height > 6 and width > 6)
+  reference = keras.layers.Conv2D(4, 3, dilation_rate=6, padding='same', use_bias=use_bias)
+  reference.build(x.shape)
+  reference.set_weights(layer._conv.get_weights())
+
+  def outputs_and_gradients(inputs):
+    with tf.GradientTape(persistent=True) as tape:
+      tape.watch(inputs)
+      ours, theirs = layer(inputs), reference(inputs)
+      ours_loss, theirs_loss = tf.reduce_sum(ours * ours), tf.reduce_sum(theirs * theirs)
+    return (ours, tape.gradient(ours_loss, [inputs] + layer.trainable_weights),
+            theirs, tape.gradient(theirs_loss, [inputs] + reference.trainable_weights))
+
+  for fn in (outputs_and_gradients, tf.function(outputs_and_gradients)):
+    ours, ours_grads, theirs, theirs_grads = fn(x)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-5)
+    assert len(ours_grads) == len(theirs_grads) == 2 + use_bias
+    for a, b in zip(ours_grads, theirs_grads):
+      np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-4)
 
 
 def test_activate_input_block_defers_the_activation():

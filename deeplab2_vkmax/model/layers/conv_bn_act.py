@@ -124,13 +124,44 @@ class ConvBNAct(keras.layers.Layer):
     self.built = True
 
   def call(self, inputs, training=False):
-    x = inputs
-    if self._padding is not None:
-      x = tf.pad(x, [[0, 0], self._padding, self._padding, [0, 0]])
-    x = self._conv(x)
+    x = self._conv_without_padding_taps(inputs)
+    if x is None:
+      x = self._conv(inputs if self._padding is None else
+                     tf.pad(inputs, [[0, 0], self._padding, self._padding, [0, 0]]))
     if self.use_bn:
       x = self._batch_norm(x, training=training)
     return self._activation_fn(x)
+
+  def _conv_without_padding_taps(self, x):
+    """The dilated 'same' conv without the kernel taps that only ever meet padding.
+
+    Along a spatial axis no longer than the dilation rate r, the taps at offsets
+    +-r, +-2r, ... fall on the zero padding for every output position, so only
+    the centre row (column) of the kernel contributes. Dropping the others gives
+    the same output with less work: DeepLab2's ASPP rates (6, 12, 18) on a
+    small OS32 map (e.g. 3 x 5 for 65 x 129 crops) become 1x1 convs instead of
+    padding every map to 18 x 18 blocks. Returns None when nothing can be
+    dropped (or the spatial size is unknown at trace time); the checkpointed
+    kernel is unchanged either way.
+    """
+    rate = self.dilation_rate
+    if self.conv_type != '2d' or self._padding is not None or rate == 1:
+      return None
+    height, width = x.shape[1], x.shape[2]
+    rows_dropped = height is not None and height <= rate
+    cols_dropped = width is not None and width <= rate
+    if not (rows_dropped or cols_dropped):
+      return None
+    centre = (self.kernel_size - 1) // 2
+    kernel = tf.convert_to_tensor(self._conv.kernel)  # [k, k, Cin, Cout]
+    kernel = kernel[centre:centre + 1] if rows_dropped else kernel
+    kernel = kernel[:, centre:centre + 1] if cols_dropped else kernel
+    x = tf.nn.convolution(x, tf.cast(kernel, x.dtype), padding='SAME',
+                          dilations=(1 if rows_dropped else rate,
+                                     1 if cols_dropped else rate))
+    if self.use_bias:
+      x = tf.nn.bias_add(x, tf.cast(tf.convert_to_tensor(self._conv.bias), x.dtype))
+    return x
 
   def compute_output_shape(self, input_shape):
     return self._conv.compute_output_shape(self._padded_shape(input_shape))
