@@ -22,6 +22,9 @@ frame, and reports:
                  its pixels outside the track: merges, bleeding)
   The track mean of (1 - AQ(g)) is 1 - AQ when every sequence has the same
   tracks' weight, as STQ pools them (track-weighted);
+- on the synthetic data set, the same per track role of its generator
+  (`crossing`: the two look-alike cars that cross, `reentering`, `random`) and
+  class, evaluated and with the oracle association;
 - the same for an oracle association: every predicted thing segment of every
   frame relabelled to the ground-truth track it overlaps most. Its AQ is what a
   perfect associater reaches on the model's own segments, so it splits the AQ
@@ -149,6 +152,38 @@ def oracle_association(gt: np.ndarray, pred: np.ndarray, descriptor) -> np.ndarr
   return out
 
 
+def track_roles(config) -> Dict[str, Dict[int, str]]:
+  """{sequence id: {ground-truth panoptic id: generator role}}; {} unless synthetic."""
+  options = config.eval_dataset_options
+  if options.dataset != 'synthetic':
+    return {}
+  from deeplab2_vkmax.data import synthetic  # pylint: disable=g-import-not-at-top
+  divisor = dataset_lib.get_dataset_descriptor('synthetic').panoptic_label_divisor
+  metadata = synthetic.load_metadata(options.synthetic.root_dir)
+  return {sequence_id: {t['class_id'] * divisor + t['instance_id']: t['role']
+                        for t in sequence['tracks']}
+          for split in metadata['sequences'].values()
+          for sequence_id, sequence in split.items()}
+
+
+def aq_by_role(rows: List[Dict[str, object]], descriptor) -> List[Dict[str, object]]:
+  """Mean AQ, oracle AQ and switches per (class, role) of `rows`.
+
+  Args:
+    rows: one dict per track with 'track' (panoptic id), 'role', 'aq',
+      'oracle_aq', 'switches'.
+    descriptor: the data set descriptor (class names, label divisor).
+  """
+  groups: Dict[tuple, List[Dict[str, object]]] = {}
+  for row in rows:
+    name = descriptor.class_names[int(row['track']) // descriptor.panoptic_label_divisor]
+    groups.setdefault((name, row['role']), []).append(row)
+  return [{'class': name, 'role': role, 'tracks': len(members),
+           **{k: float(np.mean([m[k] for m in members]))
+              for k in ('aq', 'oracle_aq', 'switches')}}
+          for (name, role), members in sorted(groups.items())]
+
+
 def diagnose(saved_model: str, config_file: str, file_pattern: str,
              max_num_sequences: int = -1) -> Dict[str, object]:
   """Runs the evaluation and returns the diagnosis (also the evaluator's STQ)."""
@@ -168,14 +203,21 @@ def diagnose(saved_model: str, config_file: str, file_pattern: str,
   evaluate.score_sequences(lambda clip: signature(input_tensor=clip), iter(sequences), scorer,
                            clip_length=config.eval_dataset_options.clip_length, writer=keep)
   stq_result = metrics['stq'].result()
-  ious, segments, tracks, oracle_tracks = [], [], [], []
+  ious, segments, tracks, oracle_tracks, role_rows = [], [], [], [], []
+  roles = track_roles(config)
   for sequence_id, _, labels in sequences:
     pred = np.stack([keep.frames[sequence_id][f] for f in range(len(labels))])
     ious.append((labels, pred))
     segments += segment_recall(labels, pred, descriptor)
-    tracks += track_shortfall(labels, pred, descriptor)
-    oracle_tracks += track_shortfall(
+    rows = track_shortfall(labels, pred, descriptor)
+    oracle_rows = track_shortfall(
         labels, oracle_association(labels, pred, descriptor), descriptor)
+    tracks += rows
+    oracle_tracks += oracle_rows
+    for row, oracle_row in zip(rows, oracle_rows):  # Both in track id order.
+      role_rows.append({'track': row['track'], 'aq': row['aq'], 'switches': row['switches'],
+                        'oracle_aq': oracle_row['aq'],
+                        'role': roles.get(sequence_id, {}).get(row['track'], 'all')})
   all_gt = np.concatenate([g.reshape(-1) for g, _ in ious])
   all_pred = np.concatenate([p.reshape(-1) for _, p in ious])
   per_class = class_iou(all_gt, all_pred, descriptor)
@@ -208,6 +250,7 @@ def diagnose(saved_model: str, config_file: str, file_pattern: str,
       'ids_per_track': float(np.mean([t['num_ids'] for t in tracks])) if tracks else 0.0,
       'oracle_track_mean': {k: float(np.mean([t[k] for t in oracle_tracks])) for k in
                             ('aq', 'missed', 'switches', 'incomplete', 'leakage')},
+      'aq_by_role': aq_by_role(role_rows, descriptor),
   }
 
 
@@ -236,6 +279,10 @@ def format_report(report: Dict[str, object]) -> str:
   lines.append(f'| oracle association | {oracle["aq"]:.3f} | {oracle["missed"]:.3f} | '
                f'{oracle["switches"]:.3f} | {oracle["incomplete"]:.3f} | '
                f'{oracle["leakage"]:.3f} |')
+  lines += ['', '| class | role | tracks | AQ | AQ, oracle association | switches |',
+            '| --- | --- | --- | --- | --- | --- |']
+  lines += [f'| {r["class"]} | {r["role"]} | {r["tracks"]} | {r["aq"]:.3f} | '
+            f'{r["oracle_aq"]:.3f} | {r["switches"]:.3f} |' for r in report['aq_by_role']]
   return '\n'.join(lines)
 
 

@@ -1,12 +1,14 @@
 """The demo diagnosis' AQ decomposition and oracle association (bench/demo_diagnosis.py)."""
 
 import importlib.util
+import json
 import pathlib
 
 import numpy as np
 import pytest
 
 from deeplab2_vkmax.data import dataset as dataset_lib
+from deeplab2_vkmax.protos import config_pb2
 
 _PATH = pathlib.Path(__file__).resolve().parents[2] / 'bench' / 'demo_diagnosis.py'
 DESCRIPTOR = dataset_lib.get_dataset_descriptor('synthetic')
@@ -73,3 +75,33 @@ def test_oracle_association_undoes_id_switches_but_not_merges(diagnosis):
   oracle_rows = diagnosis.track_shortfall(
       gt, diagnosis.oracle_association(gt, merged, DESCRIPTOR), DESCRIPTOR)
   assert max(r['leakage'] for r in oracle_rows) > 0.0
+
+
+def test_aq_by_role_reads_the_generator_roles_and_averages_per_class_and_role(
+    diagnosis, tmp_path):
+  metadata = {'sequences': {'val': {'0128': {'tracks': [
+      {'class_id': CAR, 'instance_id': 1, 'role': 'crossing'},
+      {'class_id': CAR, 'instance_id': 2, 'role': 'crossing'},
+      {'class_id': PERSON, 'instance_id': 3, 'role': 'random'}]}}}}
+  (tmp_path / 'metadata.json').write_text(json.dumps(metadata))
+  config = config_pb2.ExperimentOptions()
+  config.eval_dataset_options.dataset = 'synthetic'
+  config.eval_dataset_options.synthetic.root_dir = str(tmp_path)
+  roles = diagnosis.track_roles(config)
+  assert roles == {'0128': {CAR * DIVISOR + 1: 'crossing', CAR * DIVISOR + 2: 'crossing',
+                            PERSON * DIVISOR + 3: 'random'}}
+  config.eval_dataset_options.dataset = 'kitti_step'
+  assert diagnosis.track_roles(config) == {}
+
+  rows = [{'track': CAR * DIVISOR + 1, 'role': 'crossing', 'aq': 0.2, 'oracle_aq': 0.6,
+           'switches': 0.4},
+          {'track': CAR * DIVISOR + 2, 'role': 'crossing', 'aq': 0.4, 'oracle_aq': 0.8,
+           'switches': 0.2},
+          {'track': PERSON * DIVISOR + 3, 'role': 'random', 'aq': 0.5, 'oracle_aq': 0.5,
+           'switches': 0.0}]
+  table = diagnosis.aq_by_role(rows, DESCRIPTOR)
+  assert [(r['class'], r['role'], r['tracks']) for r in table] == [
+      ('car', 'crossing', 2), ('person', 'random', 1)]
+  assert table[0]['aq'] == pytest.approx(0.3)
+  assert table[0]['oracle_aq'] == pytest.approx(0.7)
+  assert table[0]['switches'] == pytest.approx(0.3)
