@@ -145,7 +145,8 @@ class ConvBNAct(keras.layers.Layer):
     kernel is unchanged either way.
     """
     rate = self.dilation_rate
-    if self.conv_type != '2d' or self._padding is not None or rate == 1:
+    if (self.conv_type != '2d' or self._padding is not None or rate == 1 or
+        self.kernel_size % 2 == 0):  # An even kernel pads unevenly: no centre tap.
       return None
     height, width = x.shape[1], x.shape[2]
     rows_dropped = height is not None and height <= rate
