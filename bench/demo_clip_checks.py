@@ -20,80 +20,61 @@ clips, as the evaluator cuts them) and reports, without any associater:
 import argparse
 import os
 import sys
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import demo_diagnosis  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from deeplab2_vkmax import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deeplab2_vkmax import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deeplab2_vkmax.association import video_stitcher  # pylint: disable=g-import-not-at-top,wrong-import-position
+from deeplab2_vkmax.data import clip_reader  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deeplab2_vkmax.data import clips  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deeplab2_vkmax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deeplab2_vkmax.evaluation import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-
-def _thing_segments(frames: np.ndarray, descriptor) -> List[int]:
-  divisor = descriptor.panoptic_label_divisor
-  return [int(s) for s in np.unique(frames)
-          if s // divisor in descriptor.thing_class_ids and s % divisor > 0]
+from deeplab2_vkmax.trainer import data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def majority_tracks(gt: np.ndarray, pred: np.ndarray, segment: int, descriptor) -> List:
   """Per frame of a clip, the ground-truth thing track under most of `segment` (None if none)."""
-  divisor = descriptor.panoptic_label_divisor
   out = []
   for gt_frame, pred_frame in zip(gt, pred):
-    under = gt_frame[(pred_frame == segment) & np.isin(gt_frame // divisor,
-                                                       descriptor.thing_class_ids)
-                     & (gt_frame % divisor > 0)]
+    under = gt_frame[(pred_frame == segment) & demo_diagnosis.is_thing(gt_frame, descriptor)]
     tracks, counts = np.unique(under, return_counts=True)
     out.append(int(tracks[np.argmax(counts)]) if len(tracks) else None)
   return out
 
 
-def clip_oracle(gt: np.ndarray, pred: np.ndarray, descriptor) -> np.ndarray:
-  """`pred` [T, H, W] of one clip with each thing tube relabelled to the ground-truth
-  track under most of its pixels over the clip (unmatched tubes: fresh ids)."""
-  divisor = descriptor.panoptic_label_divisor
-  thing_gt = np.isin(gt // divisor, descriptor.thing_class_ids) & (gt % divisor > 0)
-  out = pred.copy()
-  for segment in _thing_segments(pred, descriptor):
-    tube = pred == segment
-    tracks, counts = np.unique(gt[tube & thing_gt], return_counts=True)
-    # Unmatched tubes count down from the top of the id range, as the frame oracle's.
-    instance = (int(tracks[np.argmax(counts)]) % divisor if len(tracks)
-                else divisor - 1 - segment % divisor)
-    out[tube] = segment // divisor * divisor + instance
-  return out
-
-
 def tube_switch_pixels(gt: np.ndarray, pred: np.ndarray, descriptor) -> tuple:
   """(pixels of tubes whose majority track changes inside the clip, pixels of all tubes
-  that have a majority track in every frame)."""
+  that have a majority track in every frame), counted on ground-truth thing pixels."""
   switched = total = 0
-  divisor = descriptor.panoptic_label_divisor
-  thing_gt = np.isin(gt // divisor, descriptor.thing_class_ids) & (gt % divisor > 0)
-  for segment in _thing_segments(pred, descriptor):
+  gt_thing = demo_diagnosis.is_thing(gt, descriptor)
+  for segment in np.unique(pred[demo_diagnosis.is_thing(pred, descriptor)]).tolist():
     tracks = majority_tracks(gt, pred, segment, descriptor)
     if None in tracks:
       continue
-    pixels = int(np.sum((pred == segment) & thing_gt))
+    pixels = int(np.sum((pred == segment) & gt_thing))
     total += pixels
     switched += pixels * (len(set(tracks)) > 1)
   return switched, total
 
 
-def check(saved_model: str, config_file: str, file_pattern: str) -> Dict[str, float]:
-  from deeplab2_vkmax.data import clip_reader  # pylint: disable=g-import-not-at-top
+def check(saved_model: str, config_file: Optional[str] = None,
+          file_pattern: Optional[str] = None) -> Dict[str, float]:
+  """The three checks; `file_pattern` defaults to the config's eval split."""
   config = evaluate.load_config(saved_model, config_file)
+  if file_pattern is None:
+    file_pattern = data_lib.resolve_file_patterns(config.eval_dataset_options)[0]
   descriptor = dataset_lib.get_dataset_descriptor(config.eval_dataset_options.dataset)
   signature = evaluate.load_serving_signature(saved_model)
   clip_length = config.eval_dataset_options.clip_length
   oracle_rows, switched, total, stitched, segments, pair_ious = [], 0, 0, 0, 0, []
   for _, images, labels in clip_reader.read_sequences(file_pattern, descriptor):
     emitted = np.zeros_like(labels)
+    next_fresh = descriptor.panoptic_label_divisor - 1
     done = np.zeros(len(labels), bool)
     stitcher = video_stitcher.VideoStitcher(
         label_divisor=descriptor.panoptic_label_divisor,
@@ -103,7 +84,9 @@ def check(saved_model: str, config_file: str, file_pattern: str) -> Dict[str, fl
       pred = np.asarray(signature(input_tensor=images[clip.take])[common.PANOPTIC_PRED])
       real = clip.frame_ids >= 0
       frame_ids, pred, gt = clip.frame_ids[real], pred[real], labels[clip.take][real]
-      relabelled = clip_oracle(gt, pred, descriptor)
+      # The clip-level oracle: each tube relabelled to its majority track over the clip.
+      relabelled, next_fresh = demo_diagnosis.relabel_to_majority_tracks(
+          gt, pred, descriptor, next_fresh)
       for index, frame_id in enumerate(frame_ids):
         if not done[frame_id]:
           emitted[frame_id], done[frame_id] = relabelled[index], True
@@ -112,7 +95,7 @@ def check(saved_model: str, config_file: str, file_pattern: str) -> Dict[str, fl
       if previous is not None and frame_ids[0] in previous:
         stitcher.remember(previous[frame_ids[0]])
         links = stitcher.match(pred[0])
-        segments += len(_thing_segments(pred[0], descriptor))
+        segments += len(np.unique(pred[0][demo_diagnosis.is_thing(pred[0], descriptor)]))
         stitched += len(links)
         for current, earlier in links.items():
           a, b = pred[0] == current, previous[frame_ids[0]] == earlier
@@ -131,10 +114,11 @@ def main():
   parser.add_argument('--config_file', default=None,
                       help="Default: the SavedModel's config.textproto (its eval split).")
   args = parser.parse_args()
-  from deeplab2_vkmax.trainer import data_lib  # pylint: disable=g-import-not-at-top
-  config = evaluate.load_config(args.saved_model, args.config_file)
-  pattern = data_lib.resolve_file_patterns(config.eval_dataset_options)[0]
-  result = check(args.saved_model, args.config_file, pattern)
+  demo_diagnosis.require_saved_model(args.saved_model)
+  try:
+    result = check(args.saved_model, args.config_file)
+  except (ValueError, config_lib.ConfigError) as e:
+    sys.exit(f'error: {e}')
   print(f'clip-level oracle AQ (track mean) {result["clip_oracle_aq"]:.3f}')
   print(f'tube pixels whose majority track changes inside a clip {result["tube_switch_share"]:.3f}')
   print(f'thing segments of a shared frame stitched {result["stitched_share"]:.3f} '

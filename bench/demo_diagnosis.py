@@ -73,15 +73,43 @@ def class_iou(gt: np.ndarray, pred: np.ndarray, descriptor) -> np.ndarray:
     return np.where(union > 0, intersection / union, np.nan)
 
 
+def is_thing(ids: np.ndarray, descriptor) -> np.ndarray:
+  """Bool array: which panoptic ids are thing instances (thing class, instance > 0)."""
+  ids = np.asarray(ids)
+  divisor = descriptor.panoptic_label_divisor
+  return np.isin(ids // divisor, descriptor.thing_class_ids) & (ids % divisor > 0)
+
+
+def relabel_to_majority_tracks(gt: np.ndarray, pred: np.ndarray, descriptor,
+                               next_fresh: int) -> tuple:
+  """Every thing segment of `pred` (one frame, or a clip's frames: its tube)
+  relabelled to the ground-truth track under most of its pixels in `gt`.
+
+  Segments over no track take fresh ids counting down from `next_fresh`; returns
+  (relabelled copy of `pred`, the next fresh id).
+  """
+  divisor = descriptor.panoptic_label_divisor
+  gt_thing = is_thing(gt, descriptor)
+  out = pred.copy()
+  for segment in np.unique(pred[is_thing(pred, descriptor)]).tolist():
+    mask = pred == segment
+    tracks, overlap = np.unique(gt[mask & gt_thing], return_counts=True)
+    if len(tracks):
+      instance = int(tracks[np.argmax(overlap)]) % divisor
+    else:
+      instance, next_fresh = next_fresh, next_fresh - 1
+    out[mask] = segment // divisor * divisor + instance
+  return out, next_fresh
+
+
 def segment_recall(gt: np.ndarray, pred: np.ndarray, descriptor) -> List[tuple]:
   """(area, detected) of every ground-truth thing segment of every frame."""
   divisor = descriptor.panoptic_label_divisor
-  things = np.asarray(descriptor.thing_class_ids)
   out = []
   for gt_frame, pred_frame in zip(gt, pred):
     ids, areas = np.unique(gt_frame, return_counts=True)
     for segment, area in zip(ids, areas):
-      if segment // divisor not in things or segment % divisor == 0:
+      if not is_thing(segment, descriptor):
         continue
       mask = gt_frame == segment
       candidates, overlap = np.unique(pred_frame[mask], return_counts=True)
@@ -97,11 +125,8 @@ def segment_recall(gt: np.ndarray, pred: np.ndarray, descriptor) -> List[tuple]:
 
 def track_shortfall(gt: np.ndarray, pred: np.ndarray, descriptor) -> List[Dict[str, float]]:
   """Per ground-truth thing track: AQ and the four parts of its shortfall."""
-  divisor = descriptor.panoptic_label_divisor
-  things = np.asarray(descriptor.thing_class_ids)
   gt, pred = gt.reshape(-1).astype(np.int64), pred.reshape(-1).astype(np.int64)
-  gt_thing = np.isin(gt // divisor, things) & (gt % divisor > 0)
-  pred_thing = np.isin(pred // divisor, things) & (pred % divisor > 0)
+  gt_thing, pred_thing = is_thing(gt, descriptor), is_thing(pred, descriptor)
   pred_ids, pred_areas = np.unique(pred[pred_thing], return_counts=True)
   pred_area = dict(zip(pred_ids.tolist(), pred_areas.tolist()))
   rows = []
@@ -133,22 +158,10 @@ def oracle_association(gt: np.ndarray, pred: np.ndarray, descriptor) -> np.ndarr
   per-frame segments: AQ(oracle) - AQ(evaluated) is lost to association, 1 -
   AQ(oracle) to the segments themselves.
   """
-  divisor = descriptor.panoptic_label_divisor
-  things = np.asarray(descriptor.thing_class_ids)
   out = pred.copy()
-  unmatched = divisor - 1  # Fresh ids count down from the top of the id range.
+  next_fresh = descriptor.panoptic_label_divisor - 1  # Counting down from the top.
   for f, (gt_frame, pred_frame) in enumerate(zip(gt, pred)):
-    gt_thing = np.isin(gt_frame // divisor, things) & (gt_frame % divisor > 0)
-    for segment in np.unique(pred_frame).tolist():
-      if segment // divisor not in things or segment % divisor == 0:
-        continue
-      mask = pred_frame == segment
-      tracks, overlap = np.unique(gt_frame[mask & gt_thing], return_counts=True)
-      if len(tracks):
-        new_id = segment // divisor * divisor + int(tracks[np.argmax(overlap)]) % divisor
-      else:
-        new_id, unmatched = segment // divisor * divisor + unmatched, unmatched - 1
-      out[f][mask] = new_id
+    out[f], next_fresh = relabel_to_majority_tracks(gt_frame, pred_frame, descriptor, next_fresh)
   return out
 
 
@@ -286,6 +299,12 @@ def format_report(report: Dict[str, object]) -> str:
   return '\n'.join(lines)
 
 
+def require_saved_model(path: str) -> None:
+  """Exits with a one-line error unless `path` is a SavedModel folder."""
+  if not os.path.isfile(os.path.join(path, 'saved_model.pb')):
+    sys.exit(f'error: --saved_model={path}: no SavedModel there (no saved_model.pb)')
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--saved_model', required=True)
@@ -296,12 +315,13 @@ def main():
   parser.add_argument('--max_num_sequences', type=int, default=-1)
   parser.add_argument('--json', default=None, help='Also write the report here.')
   args = parser.parse_args()
-  pattern = args.file_pattern
-  if pattern is None:
-    from deeplab2_vkmax.trainer import data_lib  # pylint: disable=g-import-not-at-top
-    config = evaluate.load_config(args.saved_model, args.config_file)
-    pattern = data_lib.resolve_file_patterns(config.eval_dataset_options)[0]
+  require_saved_model(args.saved_model)
   try:
+    pattern = args.file_pattern
+    if pattern is None:
+      from deeplab2_vkmax.trainer import data_lib  # pylint: disable=g-import-not-at-top
+      config = evaluate.load_config(args.saved_model, args.config_file)
+      pattern = data_lib.resolve_file_patterns(config.eval_dataset_options)[0]
     report = diagnose(args.saved_model, args.config_file, pattern, args.max_num_sequences)
   except (ValueError, config_lib.ConfigError) as e:
     sys.exit(f'error: {e}')

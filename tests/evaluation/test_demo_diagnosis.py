@@ -107,7 +107,7 @@ def test_aq_by_role_reads_the_generator_roles_and_averages_per_class_and_role(
   assert table[0]['switches'] == pytest.approx(0.3)
 
 
-def test_clip_checks_find_a_tube_that_jumps_between_tracks_inside_a_clip():
+def test_clip_checks_find_a_tube_that_jumps_between_tracks_inside_a_clip(diagnosis):
   spec = importlib.util.spec_from_file_location(
       'demo_clip_checks', _PATH.parent / 'demo_clip_checks.py')
   checks = importlib.util.module_from_spec(spec)
@@ -117,7 +117,7 @@ def test_clip_checks_find_a_tube_that_jumps_between_tracks_inside_a_clip():
   pred = np.full_like(gt, ROAD * DIVISOR)
   pred[car] = CAR * DIVISOR + 7  # A tube on the car in both frames.
   assert checks.tube_switch_pixels(gt, pred, DESCRIPTOR) == (0, int(car.sum()))
-  relabelled = checks.clip_oracle(gt, pred, DESCRIPTOR)
+  relabelled, _ = diagnosis.relabel_to_majority_tracks(gt, pred, DESCRIPTOR, DIVISOR - 1)
   assert np.all(relabelled[car] == CAR * DIVISOR + 1)
 
   jumping = pred.copy()  # One tube: the car in frame 0, the person in frame 1.
@@ -127,6 +127,6 @@ def test_clip_checks_find_a_tube_that_jumps_between_tracks_inside_a_clip():
   assert switched == total == int(car[0].sum() + person[1].sum())
   # The clip oracle gives the whole tube to the track under most of it (the car,
   # 20 px against the person's 15), so the person in frame 1 keeps the car's id.
-  relabelled = checks.clip_oracle(gt, jumping, DESCRIPTOR)
+  relabelled, _ = diagnosis.relabel_to_majority_tracks(gt, jumping, DESCRIPTOR, DIVISOR - 1)
   assert np.all(relabelled[0][car[0]] == CAR * DIVISOR + 1)
   assert np.all(relabelled[1][person[1]] == CAR * DIVISOR + 1)
