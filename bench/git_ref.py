@@ -1,11 +1,23 @@
-"""A module of this repository as it is at another git commit, for side-by-side benches."""
+"""A file or module of this repository as it is at another git commit, for side-by-side benches."""
 
 import importlib.util
 import os
 import subprocess
 import tempfile
+from typing import Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def file_at(ref: str, path: str, name: Optional[str] = None) -> str:
+  """Writes `path` (relative to the repository root) as it is at git `ref` to a
+  temporary file named `name` (default: the file's own name); returns its path."""
+  source = subprocess.run(['git', 'show', f'{ref}:{path}'], check=True, cwd=REPO,
+                          capture_output=True, text=True).stdout
+  file_path = os.path.join(tempfile.mkdtemp(), name or os.path.basename(path))
+  with open(file_path, 'w', encoding='utf-8') as f:
+    f.write(source)
+  return file_path
 
 
 def module_at(ref: str, path: str):
@@ -15,12 +27,8 @@ def module_at(ref: str, path: str):
   from a string), so AutoGraph can read the source of its tf.functions. The
   module's own imports resolve to today's package.
   """
-  source = subprocess.run(['git', 'show', f'{ref}:{path}'], check=True, cwd=REPO,
-                          capture_output=True, text=True).stdout
   name = os.path.splitext(os.path.basename(path))[0] + '_at_ref'
-  file_path = os.path.join(tempfile.mkdtemp(), name + '.py')
-  with open(file_path, 'w', encoding='utf-8') as f:
-    f.write(source)
+  file_path = file_at(ref, path, name + '.py')
   spec = importlib.util.spec_from_file_location(name, file_path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

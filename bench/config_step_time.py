@@ -1,0 +1,71 @@
+r"""Training-step time of several configs, side by side on the same batch.
+
+Each config (a file, or `REF:path` for the file as it is at git commit REF) builds
+its model and loss with seeded weights; all are fed the first batch of the first
+config's training data and timed in alternating rounds of `--steps` steps
+(forward, loss, backward, AdamW), so machine noise hits them alike. The configs
+must share the training crop, clip length and batch size.
+
+The demo recipe before and after session 10's wider OS4 / OS2 decoder stages:
+  python bench/config_step_time.py --rounds=6 \
+      --configs=2961b1b~1:configs/synthetic/clip_kmax_tiny.textproto,configs/synthetic/clip_kmax_tiny.textproto
+
+Prints `uptime` before and after, the trainable parameters of each config and a
+markdown row per config.
+"""
+
+import argparse
+import sys
+
+import numpy as np
+
+import git_ref  # bench/git_ref.py
+import step_timing  # bench/step_timing.py
+
+from deeplab2_vkmax import config as config_lib
+from deeplab2_vkmax.trainer import data_lib
+
+
+def _load(spec: str):
+  """A config from a path or from `REF:path` at a git commit."""
+  if ':' in spec:
+    ref, path = spec.split(':', 1)
+    return config_lib.load_experiment_config(git_ref.file_at(ref, path))
+  return config_lib.load_experiment_config(spec)
+
+
+def _input_shape(config):
+  options = config.train_dataset_options
+  return (options.batch_size, options.clip_length, tuple(options.crop_size))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--configs', required=True,
+                      help='comma-separated config files or REF:path')
+  parser.add_argument('--rounds', type=int, default=5)
+  parser.add_argument('--steps', type=int, default=10, help='training steps per round')
+  args = parser.parse_args()
+  specs = args.configs.split(',')
+  configs = {spec: _load(spec) for spec in specs}
+  shapes = {spec: _input_shape(config) for spec, config in configs.items()}
+  if len(set(shapes.values())) != 1:
+    sys.exit(f'error: the configs differ in (batch, clip length, crop): {shapes}')
+  print(step_timing.uptime())
+  first = configs[specs[0]].train_dataset_options
+  descriptor = data_lib.dataset_descriptor(first)
+  batch = next(iter(data_lib.build_train_dataset(first, descriptor, first.batch_size)))
+  steps = {}
+  for spec, config in configs.items():
+    steps[spec] = step_timing.train_step_fn(config, descriptor, batch)
+    loss = float(steps[spec]())
+    variables = steps[spec].model.trainable_variables
+    print(f'{spec}: {sum(int(np.prod(v.shape)) for v in variables):,} trainable '
+          f'parameters, first loss {loss:.6f}')
+  times = step_timing.time_alternating(steps, args.rounds, args.steps)
+  print(step_timing.uptime())
+  step_timing.print_table(times)
+
+
+if __name__ == '__main__':
+  main()
