@@ -15,6 +15,7 @@ markdown row per config.
 """
 
 import argparse
+import subprocess
 import sys
 
 import numpy as np
@@ -27,11 +28,16 @@ from deeplab2_vkmax.trainer import data_lib
 
 
 def _load(spec: str):
-  """A config from a path or from `REF:path` at a git commit."""
-  if ':' in spec:
-    ref, path = spec.split(':', 1)
-    return config_lib.load_experiment_config(git_ref.file_at(ref, path))
-  return config_lib.load_experiment_config(spec)
+  """A config from a path or from `REF:path` at a git commit; one line on error."""
+  try:
+    if ':' in spec:
+      ref, path = spec.split(':', 1)
+      return config_lib.load_experiment_config(git_ref.file_at(ref, path))
+    return config_lib.load_experiment_config(spec)
+  except subprocess.CalledProcessError as e:
+    sys.exit(f'error: --configs: {spec}: {e.stderr.strip()}')
+  except (OSError, ValueError) as e:
+    sys.exit(f'error: --configs: {spec}: {e}')
 
 
 def _input_shape(config):
