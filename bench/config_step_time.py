@@ -10,6 +10,12 @@ The demo recipe before and after session 10's wider OS4 / OS2 decoder stages:
   python bench/config_step_time.py --rounds=6 \
       --configs=2961b1b~1:configs/synthetic/clip_kmax_tiny.textproto,configs/synthetic/clip_kmax_tiny.textproto
 
+Each config is built as the trainer builds it, under its own
+`solver_options.mixed_precision`; `--policies` times every config under each
+listed policy instead, and `--xla` adds an XLA-compiled twin of every variant:
+  python bench/config_step_time.py --rounds=4 --xla \
+      --policies=float32,mixed_bfloat16 --configs=configs/synthetic/clip_kmax_tiny.textproto
+
 Prints `uptime` before and after, the trainable parameters of each config and a
 markdown row per config.
 """
@@ -40,6 +46,29 @@ def _load(spec: str):
     sys.exit(f'error: --configs: {spec}: {e}')
 
 
+def _variants(configs, policies, xla):
+  """{name: (config, jit_compile)}: each config under each policy, with XLA twins."""
+  for policy in policies:
+    if policy not in ('float32', 'mixed_bfloat16'):
+      sys.exit(f'error: --policies: {policy}: expected float32 or mixed_bfloat16 '
+               '(mixed_float16 needs loss scaling: bench/train_step.py --compare_precision)')
+  variants = {}
+  for spec, config in configs.items():
+    own = config.trainer_options.solver_options.mixed_precision
+    if not policies and own == 'mixed_float16':
+      sys.exit(f'error: --configs: {spec}: mixed_float16 needs loss scaling: '
+               'bench/train_step.py --compare_precision')
+    for policy in policies or [own]:
+      variant = type(config)()
+      variant.CopyFrom(config)
+      variant.trainer_options.solver_options.mixed_precision = policy
+      name = f'{spec} [{policy}]' if policies else spec
+      variants[name] = (variant, False)
+      if xla:
+        variants[f'{name} [XLA]'] = (variant, True)
+  return variants
+
+
 def _input_shape(config):
   options = config.train_dataset_options
   return (options.batch_size, options.clip_length, tuple(options.crop_size))
@@ -51,22 +80,28 @@ def main():
                       help='comma-separated config files or REF:path')
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--steps', type=int, default=10, help='training steps per round')
+  parser.add_argument('--policies', default='',
+                      help='comma-separated float32 / mixed_bfloat16: time every config '
+                      'under each (default: its own solver_options.mixed_precision)')
+  parser.add_argument('--xla', action='store_true',
+                      help='also time every variant with the step compiled by XLA')
   args = parser.parse_args()
   specs = args.configs.split(',')
-  configs = {spec: _load(spec) for spec in specs}
-  shapes = {spec: _input_shape(config) for spec, config in configs.items()}
+  configs = _variants({spec: _load(spec) for spec in specs},
+                      [p for p in args.policies.split(',') if p], args.xla)
+  shapes = {name: _input_shape(config) for name, (config, _) in configs.items()}
   if len(set(shapes.values())) != 1:
     sys.exit(f'error: the configs differ in (batch, clip length, crop): {shapes}')
   print(step_timing.uptime())
-  first = configs[specs[0]].train_dataset_options
+  first = next(iter(configs.values()))[0].train_dataset_options
   descriptor = data_lib.dataset_descriptor(first)
   batch = next(iter(data_lib.build_train_dataset(first, descriptor, first.batch_size)))
   steps = {}
-  for spec, config in configs.items():
-    steps[spec] = step_timing.train_step_fn(config, descriptor, batch)
-    loss = float(steps[spec]())
-    variables = steps[spec].model.trainable_variables
-    print(f'{spec}: {sum(int(np.prod(v.shape)) for v in variables):,} trainable '
+  for name, (config, jit_compile) in configs.items():
+    steps[name] = step_timing.train_step_fn(config, descriptor, batch, jit_compile)
+    loss = float(steps[name]())
+    variables = steps[name].model.trainable_variables
+    print(f'{name}: {sum(int(np.prod(v.shape)) for v in variables):,} trainable '
           f'parameters, first loss {loss:.6f}')
   times = step_timing.time_alternating(steps, args.rounds, args.steps)
   print(step_timing.uptime())

@@ -15,6 +15,8 @@ import tensorflow as tf
 
 from deeplab2_vkmax import builder
 from deeplab2_vkmax import common
+from deeplab2_vkmax.model import precision
+from deeplab2_vkmax.trainer import train_lib
 
 
 def uptime() -> str:
@@ -23,18 +25,24 @@ def uptime() -> str:
                         check=False).stdout.strip()
 
 
-def train_step_fn(config, descriptor, batch) -> Callable[[], tf.Tensor]:
+def train_step_fn(config, descriptor, batch,
+                  jit_compile: bool = False) -> Callable[[], tf.Tensor]:
   """One training step (forward, loss, backward, AdamW) of `config` on `batch`.
 
   The weights are seeded (0), so two variants of one architecture start equal.
-  The returned function's `model` attribute is the model it trains.
+  The model is built as the trainer builds it: under the config's
+  `solver_options.mixed_precision` policy, variables created inside it.
+  `jit_compile` compiles the step with XLA. The returned function's `model`
+  attribute is the model it trains.
   """
   keras.utils.set_random_seed(0)
-  model = builder.build_model(config, descriptor)
+  with precision.dtype_policy_scope(config.trainer_options.solver_options.mixed_precision):
+    model = builder.build_model(config, descriptor)
+    train_lib.build_model_variables(model, config)
   loss_fn = builder.build_loss(config, descriptor)
   optimizer = keras.optimizers.AdamW(1e-3)
 
-  @tf.function
+  @tf.function(jit_compile=jit_compile)
   def step():
     with tf.GradientTape() as tape:
       outputs = model(batch[common.IMAGE], training=True)
