@@ -105,8 +105,10 @@ def test_missing_file():
 
 
 def test_fields_a_loss_does_not_use_are_rejected(tmp_path):
+  # The demo config sets loss_options (its mask-ID weight): add the field there.
   text = TINY.read_text().replace(
-      'trainer_options {', 'trainer_options {\n  loss_options { pq_style_loss { top_k_percent: 0.5 } }', 1)
+      '  loss_options {', '  loss_options { pq_style_loss { top_k_percent: 0.5 }', 1)
+  assert 'top_k_percent: 0.5' in text
   with pytest.raises(config.ConfigError,
                      match='loss_options.pq_style_loss.top_k_percent: is only used by semantic_loss'):
     config.load_experiment_config(_write(tmp_path, text))
