@@ -20,7 +20,7 @@ def tiny_config(tmp_path: pathlib.Path, *, steps: int, steps_per_loop: int,
                 save_checkpoints_steps: Optional[int] = None,
                 batch_size: Optional[int] = 2, warmup_steps: Optional[int] = None,
                 **trainer_options) -> config_pb2.ExperimentOptions:
-  """The tiny demo config, shortened, with its synthetic data under tmp_path.
+  """The tiny demo config, shortened, DeepLab2's loss weights, data under tmp_path.
 
   Args:
     tmp_path: the test's directory (the synthetic data set goes there).
@@ -44,6 +44,10 @@ def tiny_config(tmp_path: pathlib.Path, *, steps: int, steps_per_loop: int,
   if batch_size is not None:
     config.train_dataset_options.batch_size = batch_size
   trainer = config.trainer_options
+  # DeepLab2's loss weights: the demo's mask-ID weight (1.0) is a choice for its
+  # 1,500-step recipe; these short runs test the trainer, their learning margin
+  # was set with DeepLab2's weights.
+  trainer.ClearField('loss_options')
   trainer.steps_per_loop = steps_per_loop
   trainer.save_summaries_steps = steps_per_loop
   trainer.save_checkpoints_steps = save_checkpoints_steps or steps_per_loop
