@@ -48,17 +48,12 @@ def _load(spec: str):
 
 def _variants(configs, policies, xla):
   """{name: (config, jit_compile)}: each config under each policy, with XLA twins."""
-  for policy in policies:
-    if policy not in ('float32', 'mixed_bfloat16'):
-      sys.exit(f'error: --policies: {policy}: expected float32 or mixed_bfloat16 '
-               '(mixed_float16 needs loss scaling: bench/train_step.py --compare_precision)')
   variants = {}
   for spec, config in configs.items():
-    own = config.trainer_options.solver_options.mixed_precision
-    if not policies and own == 'mixed_float16':
-      sys.exit(f'error: --configs: {spec}: mixed_float16 needs loss scaling: '
-               'bench/train_step.py --compare_precision')
-    for policy in policies or [own]:
+    for policy in policies or [config.trainer_options.solver_options.mixed_precision]:
+      if policy not in ('float32', 'mixed_bfloat16'):
+        sys.exit(f'error: {spec}: policy {policy}: expected float32 or mixed_bfloat16 '
+                 '(mixed_float16 needs loss scaling: bench/train_step.py --compare_precision)')
       variant = type(config)()
       variant.CopyFrom(config)
       variant.trainer_options.solver_options.mixed_precision = policy
